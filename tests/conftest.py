@@ -1,0 +1,134 @@
+"""Shared test helpers: real servers on loopback, test doubles named as such."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from langgraph.checkpoint.memory import InMemorySaver
+
+from voicechat.audio.wav import decode_wav
+from voicechat.client.connection import ChatConnection
+from voicechat.llm import ChatBackend
+from voicechat.llm.graph import build_chat_graph
+from voicechat.llm.scripted import ScriptedChatModel, parse_script
+from voicechat.pipeline import PipelineSettings
+from voicechat.server import ServerConfig, VoiceChatServer
+from voicechat.tts.base import Pcm, TTSEngine, TTSError
+from voicechat.tts.tone import ToneTTS
+
+WAIT_S = 20.0  # upper bound for any single wait in a test: a hang fails instead of blocking CI
+
+
+def scripted_backend(items: list[Any], **kwargs: Any) -> ChatBackend:
+    model = ScriptedChatModel(items=parse_script(items))
+    graph = build_chat_graph(model, checkpointer=InMemorySaver(), **kwargs)
+    return ChatBackend(graph=graph, name="scripted")
+
+
+class GatedChatModel(ScriptedChatModel):
+    """Test double: streams its script, then waits for `gate` before the final item."""
+
+    gate: Any = None  # asyncio.Event
+
+    async def _astream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any):  # type: ignore[override]
+        from langchain_core.messages import AIMessageChunk
+        from langchain_core.outputs import ChatGenerationChunk
+
+        for item in self.items[:-1]:
+            yield ChatGenerationChunk(message=AIMessageChunk(content=item.text))
+        await self.gate.wait()
+        yield ChatGenerationChunk(message=AIMessageChunk(content=self.items[-1].text))
+
+
+def gated_backend(items: list[str], gate: asyncio.Event) -> ChatBackend:
+    model = GatedChatModel(items=parse_script(items), gate=gate)
+    return ChatBackend(graph=build_chat_graph(model, checkpointer=InMemorySaver()), name="gated")
+
+
+class FailingToneTTS(ToneTTS):
+    """Test double: the tone voice, but any unit containing `marker` raises TTSError."""
+
+    name = "failing-tone"
+
+    def __init__(self, marker: str = "FAIL", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.marker = marker
+
+    async def synthesize(self, text: str):  # type: ignore[override]
+        if self.marker in text:
+            raise TTSError("synthetic failure")
+        async for pcm in super().synthesize(text):
+            yield pcm
+
+
+class BlockingTTS:
+    """Test double: yields one piece per unit, then blocks until cancelled; counts both."""
+
+    name = "blocking"
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.cancelled = 0
+        self.first_piece = asyncio.Event()
+
+    async def synthesize(self, text: str):
+        self.started += 1
+        try:
+            yield Pcm(b"\x01\x00" * 100, 16000)
+            self.first_piece.set()
+            await asyncio.Event().wait()
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+
+    async def aclose(self) -> None:
+        return None
+
+
+@asynccontextmanager
+async def running_server(
+    backend: ChatBackend, tts: TTSEngine | None = None, **config: Any
+) -> AsyncIterator[VoiceChatServer]:
+    pipeline = PipelineSettings(**config.pop("pipeline", {}))
+    server = VoiceChatServer(
+        backend, tts or ToneTTS(), ServerConfig(port=0, pipeline=pipeline, **config)
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.shutdown()
+
+
+async def collect_answer(connection: ChatConnection, text: str) -> list[dict[str, Any]]:
+    """Send `text`; return every event up to and including its response.done."""
+    await connection.send_user_message(text)
+    events: list[dict[str, Any]] = []
+    async with asyncio.timeout(WAIT_S):
+        async for event in connection.events():
+            events.append(event)
+            if event["type"] == "response.done":
+                return events
+    raise AssertionError("unreachable")
+
+
+def audio_by_segment(events: list[dict[str, Any]]) -> dict[int, bytes]:
+    """The decoded PCM of every segment, joined in arrival order."""
+    pcm: dict[int, bytes] = {}
+    for event in events:
+        if event["type"] == "audio.chunk":
+            data, _ = decode_wav(base64.b64decode(event["audio"]))
+            pcm[event["segment"]] = pcm.get(event["segment"], b"") + data
+    return pcm
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for a condition the server reaches on its own (bounded; no fixed sleeps)."""
+    async with asyncio.timeout(WAIT_S):
+        while not condition():
+            await asyncio.sleep(0.005)
+    assert condition(), what

@@ -1,0 +1,169 @@
+"""The intelligent buffer: a table of cases, each fed whole, per character and in random splits."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voicechat.segmenter import Segmenter
+
+CASES: list[tuple[str, list[str]]] = [
+    ("Hello world. How are you? I am fine!", ["Hello world.", "How are you?", "I am fine!"]),
+    # numbers, money, decimals, thousands
+    (
+        "Mr. Smith paid $100.00 for 3.14 kg. Then he left.",
+        ["Mr. Smith paid $100.00 for 3.14 kg.", "Then he left."],
+    ),
+    ("It costs 1,000 dollars. Cheap!", ["It costs 1,000 dollars.", "Cheap!"]),
+    ("Version 2.5.1 is out. Update now.", ["Version 2.5.1 is out.", "Update now."]),
+    # URLs, emails, file names
+    (
+        "Visit example.com/a?b=1 or mail a@b.org. Thanks!",
+        ["Visit example.com/a?b=1 or mail a@b.org.", "Thanks!"],
+    ),
+    ("Open config.yaml. Then edit main.py now.", ["Open config.yaml.", "Then edit main.py now."]),
+    ("See https://x.org/a.b?c=d! It helps.", ["See https://x.org/a.b?c=d!", "It helps."]),
+    # abbreviations and initials
+    ("Dr. Who met Prof. X today. Nice.", ["Dr. Who met Prof. X today.", "Nice."]),
+    ("Use tools, e.g. Python or i.e. Rust. Done.", ["Use tools, e.g. Python or i.e. Rust.", "Done."]),
+    ("J. R. R. Tolkien wrote it. So did I. Fine.", ["J. R. R. Tolkien wrote it.", "So did I.", "Fine."]),
+    ("He lived in the U.S. for years. Then left.", ["He lived in the U.S. for years.", "Then left."]),
+    (
+        "It was 5 p.m. Then we ate. It was 5 p.m. and dark.",
+        ["It was 5 p.m.", "Then we ate.", "It was 5 p.m. and dark."],
+    ),
+    ("We ate pears etc. All fruit.", ["We ate pears etc.", "All fruit."]),
+    # ellipses and runs of marks
+    ("Wait... what? Really?! Yes.", ["Wait... what?", "Really?!", "Yes."]),
+    ("Hmm… Let me think. Okay!!! Go.", ["Hmm…", "Let me think.", "Okay!!!", "Go."]),
+    # closing quotes and brackets stay with their sentence
+    ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
+    ("(This is an aside.) Back to it.", ["(This is an aside.)", "Back to it."]),
+    ("She asked, “Why?” Nobody knew.", ["She asked, “Why?”", "Nobody knew."]),
+    # newlines and list numbers
+    ("1. First item\n2. Second item", ["1. First item", "2. Second item"]),
+    ("Title\n\nBody text here.\n", ["Title", "Body text here."]),
+    # Korean, Chinese, Japanese
+    ("안녕하세요. 만나서 반갑습니다! 잘 지내요?", ["안녕하세요.", "만나서 반갑습니다!", "잘 지내요?"]),
+    ("좋아요.그럼 갑시다.", ["좋아요.", "그럼 갑시다."]),
+    ("你好。我很好！谢谢？", ["你好。", "我很好！", "谢谢？"]),
+    ("今日は晴れです。「本当？」と聞いた。", ["今日は晴れです。", "「本当？」", "と聞いた。"]),
+    # first-unit clause cut (latency), later clauses only when long
+    (
+        "The moon is our only natural satellite, and it is big. It orbits us, slowly.",
+        ["The moon is our only natural satellite,", "and it is big.", "It orbits us, slowly."],
+    ),
+    ("Well, yes. Sure.", ["Well, yes.", "Sure."]),
+    ("Time is 10:30, roughly. Ok.", ["Time is 10:30,", "roughly.", "Ok."]),
+    # nothing unspeakable on its own, no whitespace units
+    ("   ", []),
+    ("... Hello there.", ["... Hello there."]),
+    ("Done. —", ["Done."]),
+    ("Yes — and no.", ["Yes — and no."]),
+    ("", []),
+]
+
+
+def _feed_split(text: str, cuts: list[int]) -> list[str]:
+    seg = Segmenter()
+    units: list[str] = []
+    previous = 0
+    for cut in [*sorted(cuts), len(text)]:
+        units += seg.feed(text[previous:cut])
+        previous = cut
+    return units + seg.flush()
+
+
+def _random_splits(text: str, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return rng.sample(range(1, len(text)), k=min(len(text) - 1, rng.randint(0, 12))) if text else []
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+@pytest.mark.parametrize(("text", "expected"), CASES)
+def test_units_are_the_same_whatever_the_split(text: str, expected: list[str]) -> None:
+    assert _feed_split(text, []) == expected
+    assert _feed_split(text, list(range(1, len(text)))) == expected
+    for seed in range(20):
+        assert _feed_split(text, _random_splits(text, seed)) == expected
+
+
+def test_a_sentence_is_emitted_as_soon_as_the_next_character_arrives() -> None:
+    seg = Segmenter()
+    assert seg.feed("Hello world.") == []  # "." at the end is ambiguous (3.14? e.g.?)
+    assert seg.feed("  ") == []  # still ambiguous: an abbreviation or a lowercase word may follow
+    assert seg.feed("N") == ["Hello world."]
+    assert seg.feed("ext one") == []
+    assert seg.flush() == ["Next one"]
+
+
+def test_a_cjk_sentence_end_needs_no_space() -> None:
+    seg = Segmenter()
+    assert seg.feed("你好。") == []  # a closing quote could still follow
+    assert seg.feed("我") == ["你好。"]
+
+
+def test_korean_syllables_split_across_tokens_are_joined() -> None:
+    seg = Segmenter()
+    units = seg.feed("안녕하세") + seg.feed("요. 만나서") + seg.feed(" 반갑습니다.") + seg.flush()
+    assert units == ["안녕하세요.", "만나서 반갑습니다."]
+
+
+def test_a_run_on_answer_is_force_cut_at_a_space_within_the_limit() -> None:
+    text = " ".join(["word"] * 120)  # 599 characters, no punctuation
+    seg = Segmenter(max_chars=50)
+    units = seg.feed(text) + seg.flush()
+    assert all(len(unit) <= 50 for unit in units)
+    assert all(not unit.startswith("ord") for unit in units)  # never inside a word
+    assert " ".join(units) == text
+
+
+def test_text_without_spaces_is_cut_at_the_limit() -> None:
+    text = "的" * 450
+    units = _feed_split(text, list(range(1, len(text), 7)))
+    assert [len(unit) for unit in units] == [200, 200, 50]
+
+
+def test_force_cut_starts_speaking_a_long_first_sentence_early() -> None:
+    seg = Segmenter(max_chars=40)
+    units = seg.feed("a " * 25)
+    assert units and len(units[0]) <= 40
+
+
+def test_flush_resets_the_segmenter_for_reuse() -> None:
+    seg = Segmenter()
+    assert seg.feed("One, two three four five. Six") == ["One, two three four five."]
+    assert seg.flush() == ["Six"]
+    assert seg.feed("Again, one. Two") == ["Again, one."]
+
+
+_ALPHABET = st.sampled_from(
+    list("abcXYZ019 .,!?;:…—\"')(\n") + ["Mr", "e.g", "3.1", "www.a.b", "안녕", "요", "。", "你"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(st.lists(_ALPHABET, max_size=6).map("".join), max_size=40),
+    max_chars=st.integers(min_value=10, max_value=80),
+)
+def test_no_text_lost_or_reordered_and_split_invariant(parts: list[str], max_chars: int) -> None:
+    text = "".join(parts)
+    seg = Segmenter(max_chars=max_chars)
+    streamed = [unit for part in parts for unit in seg.feed(part)] + seg.flush()
+    whole_seg = Segmenter(max_chars=max_chars)
+    whole = whole_seg.feed(text) + whole_seg.flush()
+    assert streamed == whole
+    spoken, original = _squash("".join(streamed)), _squash(text)
+    # Nothing speakable lost or reordered; only unspeakable marks (a lone "—") may be dropped.
+    assert [c for c in spoken if c.isalnum()] == [c for c in original if c.isalnum()]
+    remaining = iter(original)
+    assert all(ch in remaining for ch in spoken)  # the units are the text, in order
+    assert all(unit.strip() == unit and unit for unit in streamed)
+    assert all(any(ch.isalnum() for ch in unit) for unit in streamed)

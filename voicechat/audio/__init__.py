@@ -1,0 +1,1 @@
+"""Audio helpers: WAV packing and the client-side player."""

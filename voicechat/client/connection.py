@@ -1,0 +1,95 @@
+"""An async client connection to a voicechat server: send messages, read events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+DEFAULT_SERVER_URL = "ws://127.0.0.1:8765/v1/chat/stream"
+
+
+class ServerUnavailable(Exception):
+    """The server cannot be reached or refused the connection (one line for the user)."""
+
+
+class ConnectionLost(Exception):
+    """The server went away in the middle of a conversation."""
+
+
+class ChatConnection:
+    """One WebSocket session; `session` holds the server's session.created message."""
+
+    def __init__(self, url: str = DEFAULT_SERVER_URL, *, open_timeout: float = 10.0) -> None:
+        self.url = url
+        self.open_timeout = open_timeout
+        self.session: dict[str, Any] = {}
+        self._ws: ClientConnection | None = None
+
+    async def __aenter__(self) -> ChatConnection:
+        try:
+            self._ws = await connect(
+                self.url, open_timeout=self.open_timeout, compression=None, max_size=4 * 2**20
+            )
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise ServerUnavailable(f"cannot connect to {self.url}: {_reason(exc)}") from None
+        first = await self.next_event()
+        if first.get("type") != "session.created":
+            raise ServerUnavailable(f"{self.url} did not start a voicechat session")
+        self.session = first
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    @property
+    def ws(self) -> ClientConnection:
+        assert self._ws is not None, "use `async with ChatConnection(...)`"
+        return self._ws
+
+    async def send(self, message: dict[str, Any]) -> None:
+        try:
+            await self.ws.send(json.dumps(message))
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"server closed the connection ({exc})") from None
+
+    async def send_user_message(self, text: str, message_id: str | None = None) -> None:
+        message: dict[str, Any] = {"type": "user.message", "text": text}
+        if message_id is not None:
+            message["id"] = message_id
+        await self.send(message)
+
+    async def cancel(self) -> None:
+        await self.send({"type": "response.cancel"})
+
+    async def next_event(self) -> dict[str, Any]:
+        try:
+            frame = await self.ws.recv()
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"server closed the connection ({exc})") from None
+        event = json.loads(frame)
+        if not isinstance(event, dict):
+            raise ConnectionLost("server sent a frame that is not a JSON object")
+        return event
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            yield await self.next_event()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is `voicechat serve` running?)"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,33 @@
+"""The LangGraph graph every built-in chat model runs in: one node over MessagesState."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import SystemMessage
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+CHAT_NODE = "chat"
+
+
+def build_chat_graph(
+    model: BaseChatModel,
+    *,
+    checkpointer: BaseCheckpointSaver[Any] | None,
+    system_prompt: str | None = None,
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """Compile `model` into a one-node graph; its tokens stream through `stream_mode="messages"`."""
+
+    async def chat(state: MessagesState) -> dict[str, Any]:
+        messages = list(state["messages"])
+        if system_prompt:
+            messages.insert(0, SystemMessage(system_prompt))
+        return {"messages": [await model.ainvoke(messages)]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node(CHAT_NODE, chat)
+    builder.add_edge(START, CHAT_NODE)
+    return builder.compile(checkpointer=checkpointer)

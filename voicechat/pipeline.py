@@ -1,0 +1,230 @@
+"""One answer, top to bottom as the data flows.
+
+graph.astream(stream_mode="messages") -> text.delta frames -> speech-text filter -> Segmenter
+-> one TTS task per unit, started at once (at most `tts_concurrency` synthesising)
+-> an ordered sender that forwards unit 0's audio, then unit 1's, ... as audio.chunk frames.
+
+Cancellation is one mechanism: the session cancels the task running `Answer.run()`; the task
+group cancels the LLM stream, every TTS task (closing their HTTP requests) and the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+
+from voicechat import protocol
+from voicechat.audio.wav import encode_wav
+from voicechat.segmenter import Segmenter
+from voicechat.speech_text import SpeechTextFilter
+from voicechat.tts.base import Pcm, TTSEngine, TTSError
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+COMPLETED, CANCELLED, FAILED = "completed", "cancelled", "failed"
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    tts_concurrency: int = 2
+    max_chunk_ms: int = 1000  # one audio.chunk carries at most this much audio
+
+
+@dataclass
+class _Unit:
+    """One speech unit on its way through TTS; `pieces` ends with None or a TTSError."""
+
+    index: int
+    text: str
+    pieces: asyncio.Queue[Pcm | TTSError | None] = field(default_factory=asyncio.Queue)
+
+
+def message_text(message: BaseMessage) -> str:
+    """The text of a streamed message chunk (plain string or content blocks)."""
+    content = message.content
+    if isinstance(content, str):
+        return content
+    return "".join(
+        block.get("text", "") if isinstance(block, dict) else str(block)
+        for block in content
+        if isinstance(block, str) or (isinstance(block, dict) and block.get("type") == "text")
+    )
+
+
+class Answer:
+    """Produces the frames of one response through `emit`; `run()` returns its final status."""
+
+    def __init__(
+        self,
+        *,
+        graph: Any,
+        thread_id: str,
+        user_text: str,
+        response_id: str,
+        tts: TTSEngine,
+        emit: Emit,
+        settings: PipelineSettings,
+        started_at: float | None = None,
+    ) -> None:
+        self.graph = graph
+        self.thread_id = thread_id
+        self.user_text = user_text
+        self.response_id = response_id
+        self.tts = tts
+        self.emit = emit
+        self.settings = settings
+        self.started_at = time.perf_counter() if started_at is None else started_at
+        self.text = ""  # the LLM's text exactly as generated
+        self.first_text_at: float | None = None
+        self.first_audio_at: float | None = None
+        self.segments = 0
+        self.audio_ms = 0.0
+        self._seq = 0
+        self.done_sent = False  # set by the session once response.done is queued
+        self._tts_slots = asyncio.Semaphore(max(1, settings.tts_concurrency))
+        self._tts_tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"configurable": {"thread_id": self.thread_id}}
+
+    async def run(self) -> str:
+        """Stream the answer; return COMPLETED or FAILED. Cancellation propagates."""
+        units: asyncio.Queue[_Unit | None] = asyncio.Queue()
+        async with asyncio.TaskGroup() as group:
+            sender = group.create_task(self._send_in_order(units))
+            try:
+                await self._stream_text(group, units)
+            except Exception as exc:  # the LLM failed: nothing more of this answer is sent
+                log.warning("LLM failed in response %s: %r", self.response_id, exc)
+                for task in (sender, *self._tts_tasks):
+                    task.cancel()
+                await self.emit(
+                    protocol.error(protocol.LLM_FAILED, f"LLM failed: {exc}", self.response_id)
+                )
+                return FAILED
+            units.put_nowait(None)
+        return COMPLETED
+
+    async def _stream_text(self, group: asyncio.TaskGroup, units: asyncio.Queue[_Unit | None]) -> None:
+        speech_filter = SpeechTextFilter()
+        segmenter = Segmenter()
+        index = 0
+
+        def start_units(found: list[str]) -> None:
+            nonlocal index
+            for text in found:
+                unit = _Unit(index, text)
+                index += 1
+                self.segments += 1
+                self._tts_tasks.append(group.create_task(self._synthesize(unit)))
+                units.put_nowait(unit)
+
+        stream = self.graph.astream(
+            {"messages": [HumanMessage(self.user_text)]}, self.config, stream_mode="messages"
+        )
+        async with aclosing(stream):
+            async for message, _metadata in stream:
+                if not isinstance(message, AIMessageChunk):
+                    continue
+                delta = message_text(message)
+                if not delta:
+                    continue  # every answer ends with an empty chunk
+                if self.first_text_at is None:
+                    self.first_text_at = time.perf_counter()
+                self.text += delta
+                await self.emit(protocol.text_delta(self.response_id, delta))
+                start_units(segmenter.feed(speech_filter.feed(delta)))
+        start_units(segmenter.feed(speech_filter.flush()) + segmenter.flush())
+
+    async def _synthesize(self, unit: _Unit) -> None:
+        async with self._tts_slots:
+            try:
+                async with aclosing(self.tts.synthesize(unit.text)) as pieces:
+                    async for pcm in pieces:
+                        unit.pieces.put_nowait(pcm)
+            except TTSError as exc:
+                unit.pieces.put_nowait(exc)
+                return
+            except Exception as exc:  # a bug in an engine must not take the answer down
+                log.exception("TTS engine %s crashed on unit %d", self.tts.name, unit.index)
+                unit.pieces.put_nowait(TTSError(f"{type(exc).__name__}: {exc}"))
+                return
+        unit.pieces.put_nowait(None)
+
+    async def _send_in_order(self, units: asyncio.Queue[_Unit | None]) -> None:
+        while (unit := await units.get()) is not None:
+            first = True
+            while (piece := await unit.pieces.get()) is not None:
+                if isinstance(piece, TTSError):
+                    await self.emit(
+                        protocol.error(
+                            protocol.TTS_FAILED,
+                            f"speech unit {unit.index} lost: {piece}",
+                            self.response_id,
+                        )
+                    )
+                    break
+                for part in split_pcm(piece, self.settings.max_chunk_ms):
+                    await self._send_audio(unit, part, first)
+                    first = False
+
+    async def _send_audio(self, unit: _Unit, pcm: Pcm, first: bool) -> None:
+        if self.first_audio_at is None:
+            self.first_audio_at = time.perf_counter()
+        self.audio_ms += 1000 * pcm.samples / pcm.sample_rate
+        frame = protocol.audio_chunk(
+            self.response_id,
+            seq=self._seq,
+            segment=unit.index,
+            text=unit.text if first else "",
+            sample_rate=pcm.sample_rate,
+            samples=pcm.samples,
+            audio_b64=base64.b64encode(encode_wav(pcm.data, pcm.sample_rate)).decode("ascii"),
+        )
+        self._seq += 1
+        await self.emit(frame)
+
+    def metrics(self) -> dict[str, Any]:
+        def since_start(moment: float | None) -> float | None:
+            return None if moment is None else round(1000 * (moment - self.started_at), 1)
+
+        return {
+            "first_text_ms": since_start(self.first_text_at),
+            "first_audio_ms": since_start(self.first_audio_at),
+            "total_ms": since_start(time.perf_counter()),
+            "segments": self.segments,
+            "audio_ms": round(self.audio_ms, 1),
+        }
+
+    def done_frame(self, status: str) -> dict[str, Any]:
+        return protocol.response_done(self.response_id, status, self.text, self.metrics())
+
+    async def keep_partial_text(self) -> None:
+        """After a cancel or failure: keep what was said, so turns still alternate."""
+        try:
+            state = await self.graph.aget_state(self.config)
+            messages = state.values.get("messages", []) if state and state.values else []
+            if messages and isinstance(messages[-1], AIMessage):
+                return  # the node finished and stored the answer itself
+            await self.graph.aupdate_state(self.config, {"messages": [AIMessage(self.text)]})
+        except Exception:
+            log.exception("could not store the partial answer of %s", self.response_id)
+
+
+def split_pcm(pcm: Pcm, max_ms: int) -> list[Pcm]:
+    """Split PCM into pieces of at most `max_ms` (keeps every frame far below 1 MiB)."""
+    step = max(1, pcm.sample_rate * max_ms // 1000) * 2
+    if len(pcm.data) <= step:
+        return [pcm]
+    return [Pcm(pcm.data[i : i + step], pcm.sample_rate) for i in range(0, len(pcm.data), step)]

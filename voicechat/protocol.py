@@ -1,0 +1,151 @@
+"""Wire protocol v1: parse and validate client frames, build server frames.
+
+Pure and synchronous: no sockets here, so every rule of the protocol is tested without a server.
+See docs/protocol.md for the message table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL = "voicechat.v1"
+CHAT_PATH = "/v1/chat/stream"
+HEALTH_PATH = "/healthz"
+
+# Error codes sent in `error` frames.
+BAD_JSON = "bad_json"
+BAD_MESSAGE = "bad_message"
+UNKNOWN_TYPE = "unknown_type"
+TOO_LARGE = "too_large"
+TTS_FAILED = "tts_failed"
+LLM_FAILED = "llm_failed"
+INTERNAL = "internal"
+
+MAX_ID_CHARS = 200
+
+
+class ProtocolError(Exception):
+    """A client frame that cannot be accepted; `code` is the wire error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class UserMessage:
+    text: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResponse:
+    pass
+
+
+ClientMessage = UserMessage | CancelResponse
+
+
+def parse_client_message(frame: str | bytes, *, max_text_chars: int) -> ClientMessage:
+    """Validate one client frame; raise ProtocolError with the code the client should see."""
+    if isinstance(frame, bytes):
+        raise ProtocolError(BAD_MESSAGE, "binary frames are not part of the protocol; send JSON text")
+    try:
+        data = json.loads(frame)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(BAD_JSON, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(BAD_MESSAGE, "a message must be a JSON object")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(BAD_MESSAGE, "field 'type' (string) is required")
+    if kind == "user.message":
+        text = data.get("text")
+        if not isinstance(text, str):
+            raise ProtocolError(BAD_MESSAGE, "user.message needs a string field 'text'")
+        if not text.strip():
+            raise ProtocolError(BAD_MESSAGE, "user.message 'text' is empty")
+        if len(text) > max_text_chars:
+            raise ProtocolError(
+                TOO_LARGE, f"text has {len(text)} characters; the limit is {max_text_chars}"
+            )
+        msg_id = data.get("id")
+        if msg_id is not None and (not isinstance(msg_id, str) or len(msg_id) > MAX_ID_CHARS):
+            raise ProtocolError(
+                BAD_MESSAGE, f"'id' must be a string of at most {MAX_ID_CHARS} characters"
+            )
+        return UserMessage(text=text, id=msg_id)
+    if kind == "response.cancel":
+        return CancelResponse()
+    raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}")
+
+
+def encode(message: dict[str, Any]) -> str:
+    """One JSON text frame; compact separators keep audio frames small."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+# --- server -> client frames ---------------------------------------------------------------
+
+
+def session_created(session_id: str, llm: str, tts: str) -> dict[str, Any]:
+    return {
+        "type": "session.created",
+        "session_id": session_id,
+        "protocol": PROTOCOL,
+        "llm": llm,
+        "tts": tts,
+    }
+
+
+def response_created(response_id: str, in_reply_to: str | None) -> dict[str, Any]:
+    return {"type": "response.created", "response_id": response_id, "in_reply_to": in_reply_to}
+
+
+def text_delta(response_id: str, text: str) -> dict[str, Any]:
+    return {"type": "text.delta", "response_id": response_id, "text": text}
+
+
+def audio_chunk(
+    response_id: str,
+    *,
+    seq: int,
+    segment: int,
+    text: str,
+    sample_rate: int,
+    samples: int,
+    audio_b64: str,
+) -> dict[str, Any]:
+    return {
+        "type": "audio.chunk",
+        "response_id": response_id,
+        "seq": seq,
+        "segment": segment,
+        "text": text,
+        "format": "wav",
+        "sample_rate": sample_rate,
+        "samples": samples,
+        "audio": audio_b64,
+    }
+
+
+def response_done(
+    response_id: str, status: str, text: str, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "type": "response.done",
+        "response_id": response_id,
+        "status": status,
+        "text": text,
+        "metrics": metrics,
+    }
+
+
+def error(code: str, message: str, response_id: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if response_id is not None:
+        frame["response_id"] = response_id
+    return frame
