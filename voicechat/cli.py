@@ -93,6 +93,15 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _build_server(options: BackendOptions, config: ServerConfig) -> VoiceChatServer:
+    """Build the back ends once; a bad spec is a usage error with one clear line."""
+    try:
+        return VoiceChatServer(build_llm(options), build_tts(options), config)
+    except ConfigError as exc:
+        typer.echo(f"voicechat: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(envvar=_env("HOST"), help="Address to bind.")] = "127.0.0.1",
@@ -140,13 +149,7 @@ def serve(
         max_frame_bytes=max_frame_bytes,
         pipeline=PipelineSettings(tts_concurrency=tts_concurrency),
     )
-    try:
-        backend = build_llm(options)
-        engine = build_tts(options)
-    except ConfigError as exc:
-        typer.echo(f"voicechat: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-    server = VoiceChatServer(backend, engine, config)
+    server = _build_server(options, config)
     try:
         asyncio.run(_serve_until_signal(server))
     except OSError as exc:
@@ -186,6 +189,22 @@ def ask_command(
     json_lines: Annotated[
         bool, typer.Option("--json", help="Print every server message as one JSON line.")
     ] = False,
+    embedded: Annotated[
+        bool,
+        typer.Option(
+            "--embedded",
+            help="Start a private server in this process with the back-end options below "
+            "instead of connecting to --server.",
+        ),
+    ] = False,
+    llm: LlmOption = "scripted",
+    tts: TtsOption = "tone",
+    tone_latency_ms: ToneLatencyOption = 0.0,
+    fish_url: FishUrlOption = "http://127.0.0.1:8080",
+    fish_api_key: FishKeyOption = None,
+    fish_reference_id: FishReferenceOption = None,
+    fish_streaming: FishStreamingOption = True,
+    system_prompt: SystemPromptOption = None,
 ) -> None:
     """Ask one question: text to stdout, audio to --out. Exit 0 ok, 1 failed, 3 unreachable."""
     if text == "-":
@@ -193,8 +212,29 @@ def ask_command(
     if not text.strip():
         typer.echo("voicechat: the message is empty", err=True)
         raise typer.Exit(EXIT_USAGE)
+    embedded_server = None
+    if embedded:
+        logging.basicConfig(level=logging.WARNING)
+        options = BackendOptions(
+            llm=llm,
+            tts=tts,
+            system_prompt=system_prompt,
+            tone_latency_ms=tone_latency_ms,
+            fish_url=fish_url,
+            fish_api_key=fish_api_key,
+            fish_reference_id=fish_reference_id,
+            fish_streaming=fish_streaming,
+        )
+        embedded_server = _build_server(options, ServerConfig(port=0))
+
+    async def run() -> int:
+        if embedded_server is None:
+            return await ask(text, server_url=server, out=out, json_lines=json_lines)
+        async with embedded_server:
+            return await ask(text, server_url=embedded_server.url, out=out, json_lines=json_lines)
+
     try:
-        code = asyncio.run(ask(text, server_url=server, out=out, json_lines=json_lines))
+        code = asyncio.run(run())
     except KeyboardInterrupt:
         code = 130
     raise typer.Exit(code)
