@@ -53,6 +53,14 @@ ToneLatencyOption = Annotated[
         "--tone-latency-ms", envvar=_env("TONE_LATENCY_MS"), help="Simulated tone TTS delay."
     ),
 ]
+ToneRtfOption = Annotated[
+    float,
+    typer.Option(
+        "--tone-rtf",
+        envvar=_env("TONE_RTF"),
+        help="Simulated tone TTS real-time factor (synthesis time per second of audio).",
+    ),
+]
 FishUrlOption = Annotated[
     str, typer.Option("--fish-url", envvar=_env("FISH_URL"), help="Fish Speech API server.")
 ]
@@ -115,6 +123,7 @@ def serve(
         ),
     ] = 2,
     tone_latency_ms: ToneLatencyOption = 0.0,
+    tone_rtf: ToneRtfOption = 0.0,
     fish_url: FishUrlOption = "http://127.0.0.1:8080",
     fish_api_key: FishKeyOption = None,
     fish_reference_id: FishReferenceOption = None,
@@ -137,6 +146,7 @@ def serve(
         tts=tts,
         system_prompt=system_prompt,
         tone_latency_ms=tone_latency_ms,
+        tone_rtf=tone_rtf,
         fish_url=fish_url,
         fish_api_key=fish_api_key,
         fish_reference_id=fish_reference_id,
@@ -200,6 +210,7 @@ def ask_command(
     llm: LlmOption = "scripted",
     tts: TtsOption = "tone",
     tone_latency_ms: ToneLatencyOption = 0.0,
+    tone_rtf: ToneRtfOption = 0.0,
     fish_url: FishUrlOption = "http://127.0.0.1:8080",
     fish_api_key: FishKeyOption = None,
     fish_reference_id: FishReferenceOption = None,
@@ -220,6 +231,7 @@ def ask_command(
             tts=tts,
             system_prompt=system_prompt,
             tone_latency_ms=tone_latency_ms,
+        tone_rtf=tone_rtf,
             fish_url=fish_url,
             fish_api_key=fish_api_key,
             fish_reference_id=fish_reference_id,

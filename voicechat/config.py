@@ -22,6 +22,7 @@ class BackendOptions:
     tts: str = "tone"
     system_prompt: str | None = None
     tone_latency_ms: float = 0.0
+    tone_rtf: float = 0.0
     fish_url: str = "http://127.0.0.1:8080"
     fish_api_key: str | None = None
     fish_reference_id: str | None = None
@@ -31,7 +32,7 @@ class BackendOptions:
 
 def build_tts(options: BackendOptions) -> TTSEngine:
     if options.tts == "tone":
-        return ToneTTS(latency_ms=options.tone_latency_ms)
+        return ToneTTS(latency_ms=options.tone_latency_ms, rtf=options.tone_rtf)
     if options.tts == "fish":
         return FishSpeechTTS(
             options.fish_url,

@@ -1,7 +1,8 @@
 """A deterministic synthetic voice for tests, benchmarks and demos (not a real TTS).
 
-Each unit becomes a soft tone whose length follows the text (`ms_per_char`), after a fixed
-simulated server delay (`latency_ms`), so timelines are known exactly.
+Each unit becomes a soft tone whose length follows the text (`ms_per_char`), after a simulated
+server delay of `latency_ms` plus `rtf` times the audio's duration (a real-time factor, as real
+engines take longer for longer text), so timelines are known exactly.
 """
 
 from __future__ import annotations
@@ -38,15 +39,23 @@ class ToneTTS:
         sample_rate: int = 22050,
         ms_per_char: float = 60.0,
         pieces: int = 1,
+        rtf: float = 0.0,
     ) -> None:
         self.latency_ms = latency_ms
+        self.rtf = rtf
         self.sample_rate = sample_rate
         self.ms_per_char = ms_per_char
         self.pieces = max(1, pieces)
 
+    def delay_s(self, text: str) -> float:
+        """The simulated synthesis time for `text`."""
+        duration_s = max(0.2, self.ms_per_char * len(text) / 1000)
+        return self.latency_ms / 1000 + self.rtf * duration_s
+
     async def synthesize(self, text: str) -> AsyncIterator[Pcm]:
-        if self.latency_ms > 0:
-            await asyncio.sleep(self.latency_ms / 1000)  # the simulated server delay
+        delay = self.delay_s(text)
+        if delay > 0:
+            await asyncio.sleep(delay)  # the simulated server time
         data = tone_pcm(text, self.sample_rate, self.ms_per_char)
         step = -(-len(data) // self.pieces // 2) * 2  # whole samples per piece
         for start in range(0, len(data), step):

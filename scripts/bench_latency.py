@@ -1,0 +1,195 @@
+"""Time to first audio against its physical limit, and against the seed's "before" design.
+
+A scripted LLM with a realistic timeline (first token after --first-token-ms, then
+--tokens-per-s) and the tone TTS (--tts-latency-ms plus --tts-rtf x audio duration) run in a real
+`voicechat serve` process; this script talks to it over a real WebSocket.
+
+The physical limit of first audio is exact: the moment the script emits the delta that completes
+the first speech unit, plus the TTS time of that unit. Overhead = first_audio_ms - limit.
+The "before" design (whole answer, then TTS of the whole text, then send) runs in-process on the
+same scripted model and tone voice for the ratio.
+
+    python scripts/bench_latency.py [--answers 50] [--json] [--plot timeline.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from voicechat.client.connection import ChatConnection
+from voicechat.llm.scripted import ScriptedChatModel, parse_script
+from voicechat.segmenter import Segmenter
+from voicechat.speech_text import SpeechTextFilter
+from voicechat.tts.tone import ToneTTS
+
+ANSWER = (
+    "The Moon is Earth's only natural satellite. It orbits at about 384,400 kilometres. "
+    "Its gravity drives the ocean tides. The same side always faces us. "
+    "Twelve astronauts walked on it between 1969 and 1972. They brought back rocks and dust. "
+    "The surface is covered in craters and dark plains. A day there lasts about a month. "
+    "It is slowly drifting away from Earth. Scientists still study how it formed."
+)
+
+
+def make_script(first_token_ms: float, tokens_per_s: float) -> list[dict[str, Any]]:
+    words = ANSWER.split(" ")
+    tokens = [words[0]] + [" " + word for word in words[1:]]
+    step = 1000 / tokens_per_s
+    return [
+        {"text": token, "delay_ms": first_token_ms if index == 0 else step}
+        for index, token in enumerate(tokens)
+    ]
+
+
+def physical_limit_ms(script: list[dict[str, Any]], tts: ToneTTS) -> float:
+    """When the first unit is complete on the script's timeline, plus its TTS time."""
+    speech, segmenter, clock = SpeechTextFilter(), Segmenter(), 0.0
+    for item in script:
+        clock += item["delay_ms"]
+        units = segmenter.feed(speech.feed(item["text"]))
+        if units:
+            return clock + 1000 * tts.delay_s(units[0])
+    raise ValueError("the script never completes a unit")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(script_path: Path, args: argparse.Namespace, port: int) -> subprocess.Popen[str]:
+    command = [
+        sys.executable, "-m", "voicechat", "serve", "--port", str(port),
+        "--llm", f"scripted:{script_path}", "--tts", "tone",
+        "--tone-latency-ms", str(args.tts_latency_ms), "--tone-rtf", str(args.tts_rtf),
+        "--tts-concurrency", str(args.tts_concurrency), "--log-level", "warning",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICECHAT_")}
+    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    for _ in range(200):  # wait until it accepts connections
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return server
+        except OSError:
+            if server.poll() is not None:
+                raise SystemExit(f"server exited: {server.communicate()[1]}") from None
+            time.sleep(0.05)
+    raise SystemExit("server did not start")
+
+
+async def run_answers(url: str, count: int) -> list[dict[str, Any]]:
+    """Ask `count` times, one after another; keep each answer's events with arrival times."""
+    answers = []
+    async with ChatConnection(url) as connection:
+        for index in range(count):
+            sent = time.perf_counter()
+            await connection.send_user_message(f"question {index}")
+            events = []
+            async for event in connection.events():
+                event["_at_ms"] = 1000 * (time.perf_counter() - sent)
+                if event["type"] == "audio.chunk":
+                    event["audio"] = None  # keep memory flat
+                events.append(event)
+                if event["type"] == "response.done":
+                    break
+            answers.append({"events": events, "metrics": events[-1]["metrics"]})
+    return answers
+
+
+async def before_design_first_audio_ms(script: list[dict[str, Any]], tts: ToneTTS) -> float:
+    """The seed's "before" design: the whole answer, then TTS of all of it, then send."""
+    model = ScriptedChatModel(items=parse_script(script))
+    start = time.perf_counter()
+    text = "".join([chunk.content async for chunk in model.astream("question")])  # type: ignore[misc]
+    speech = SpeechTextFilter()
+    spoken = speech.feed(text) + speech.flush()
+    async for _pcm in tts.synthesize(spoken):
+        break
+    return 1000 * (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--answers", type=int, default=50)
+    parser.add_argument("--first-token-ms", type=float, default=200.0)
+    parser.add_argument("--tokens-per-s", type=float, default=30.0)
+    parser.add_argument("--tts-latency-ms", type=float, default=100.0)
+    parser.add_argument("--tts-rtf", type=float, default=0.1)
+    parser.add_argument("--tts-concurrency", type=int, default=2)
+    parser.add_argument("--before-runs", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="save a timeline plot of one answer (PNG)")
+    args = parser.parse_args()
+
+    script = make_script(args.first_token_ms, args.tokens_per_s)
+    tts = ToneTTS(latency_ms=args.tts_latency_ms, rtf=args.tts_rtf)
+    limit = physical_limit_ms(script, tts)
+    with tempfile.TemporaryDirectory() as tmp:
+        script_path = Path(tmp) / "script.json"
+        script_path.write_text(json.dumps(script))
+        port = free_port()
+        server = start_server(script_path, args, port)
+        try:
+            answers = asyncio.run(run_answers(f"ws://127.0.0.1:{port}/v1/chat/stream", args.answers))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    before = [
+        asyncio.run(before_design_first_audio_ms(script, tts)) for _ in range(args.before_runs)
+    ]
+
+    first_audio = [a["metrics"]["first_audio_ms"] for a in answers]
+    overhead = [value - limit for value in first_audio]
+    client_first_audio = [
+        next(e["_at_ms"] for e in a["events"] if e["type"] == "audio.chunk") for a in answers
+    ]
+    llm_total = sum(item["delay_ms"] for item in script)
+    result = {
+        "answers": len(answers),
+        "llm_first_token_ms": args.first_token_ms,
+        "llm_tokens_per_s": args.tokens_per_s,
+        "llm_total_ms": round(llm_total, 1),
+        "tts_latency_ms": args.tts_latency_ms,
+        "tts_rtf": args.tts_rtf,
+        "units": answers[0]["metrics"]["segments"],
+        "physical_limit_ms": round(limit, 1),
+        "first_audio_ms_p50": round(statistics.median(first_audio), 1),
+        "overhead_ms_p50": round(percentile(overhead, 50), 2),
+        "overhead_ms_p99": round(percentile(overhead, 99), 2),
+        "overhead_ms_max": round(max(overhead), 2),
+        "client_first_audio_ms_p50": round(statistics.median(client_first_audio), 1),
+        "before_first_audio_ms": round(statistics.median(before), 1),
+        "speedup_vs_before": round(statistics.median(before) / statistics.median(first_audio), 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        width = max(len(key) for key in result)
+        for key, value in result.items():
+            print(f"{key:{width}s}  {value}")
+    if args.plot:
+        from timeline_plot import plot_timeline  # scripts/timeline_plot.py
+
+        plot_timeline(answers[-1]["events"], script, args, limit, args.plot)
+        print(f"timeline written to {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
