@@ -126,7 +126,9 @@ async def before_design_first_audio_ms(script: list[dict[str, Any]], tts: ToneTT
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--answers", type=int, default=50)
     parser.add_argument("--first-token-ms", type=float, default=200.0)
     parser.add_argument("--tokens-per-s", type=float, default=30.0)
@@ -147,7 +149,9 @@ def main() -> None:
         port = free_port()
         server = start_server(script_path, args, port)
         try:
-            answers = asyncio.run(run_answers(f"ws://127.0.0.1:{port}/v1/chat/stream", args.answers))
+            answers = asyncio.run(
+                run_answers(f"ws://127.0.0.1:{port}/v1/chat/stream", args.answers)
+            )
         finally:
             server.terminate()
             server.wait(timeout=30)

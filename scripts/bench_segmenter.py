@@ -1,6 +1,6 @@
 """Cost of the intelligent buffer per character, fed as an LLM feeds it (small deltas).
 
-    python scripts/bench_segmenter.py [--chars 200000] [--delta 4]
+python scripts/bench_segmenter.py [--chars 200000] [--delta 4]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -73,13 +73,18 @@ class BlockingTTS:
     def __init__(self) -> None:
         self.started = 0
         self.cancelled = 0
-        self.first_piece = asyncio.Event()
+        self._progress = asyncio.Condition()
+
+    async def wait_started(self, count: int) -> None:
+        async with asyncio.timeout(WAIT_S), self._progress:
+            await self._progress.wait_for(lambda: self.started >= count)
 
     async def synthesize(self, text: str):
         self.started += 1
+        async with self._progress:
+            self._progress.notify_all()
         try:
             yield Pcm(b"\x01\x00" * 100, 16000)
-            self.first_piece.set()
             await asyncio.Event().wait()
         except (asyncio.CancelledError, GeneratorExit):
             self.cancelled += 1
@@ -124,11 +129,3 @@ def audio_by_segment(events: list[dict[str, Any]]) -> dict[int, bytes]:
             data, _ = decode_wav(base64.b64decode(event["audio"]))
             pcm[event["segment"]] = pcm.get(event["segment"], b"") + data
     return pcm
-
-
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Wait for a condition the server reaches on its own (bounded; no fixed sleeps)."""
-    async with asyncio.timeout(WAIT_S):
-        while not condition():
-            await asyncio.sleep(0.005)
-    assert condition(), what

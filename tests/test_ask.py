@@ -86,7 +86,9 @@ def test_ask_against_no_server_says_so_in_one_line_and_exits_3() -> None:
     assert "cannot connect" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args", [["ask"], ["ask", "hi", "--no-such-flag"], ["serve", "--port", "x"]])
+@pytest.mark.parametrize(
+    "args", [["ask"], ["ask", "hi", "--no-such-flag"], ["serve", "--port", "x"]]
+)
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = _voicechat(*args)
     assert result.returncode == 2

@@ -44,8 +44,10 @@ def test_deeply_nested_json_is_bad_json_not_a_crash() -> None:
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["type", "text", "id", "x"]), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(["type", "text", "id", "x"]), children, max_size=4)
+    ),
     max_leaves=12,
 )
 _frames = (

@@ -28,9 +28,18 @@ CASES: list[tuple[str, list[str]]] = [
     ("See https://x.org/a.b?c=d! It helps.", ["See https://x.org/a.b?c=d!", "It helps."]),
     # abbreviations and initials
     ("Dr. Who met Prof. X today. Nice.", ["Dr. Who met Prof. X today.", "Nice."]),
-    ("Use tools, e.g. Python or i.e. Rust. Done.", ["Use tools, e.g. Python or i.e. Rust.", "Done."]),
-    ("J. R. R. Tolkien wrote it. So did I. Fine.", ["J. R. R. Tolkien wrote it.", "So did I.", "Fine."]),
-    ("He lived in the U.S. for years. Then left.", ["He lived in the U.S. for years.", "Then left."]),
+    (
+        "Use tools, e.g. Python or i.e. Rust. Done.",
+        ["Use tools, e.g. Python or i.e. Rust.", "Done."],
+    ),
+    (
+        "J. R. R. Tolkien wrote it. So did I. Fine.",
+        ["J. R. R. Tolkien wrote it.", "So did I.", "Fine."],
+    ),
+    (
+        "He lived in the U.S. for years. Then left.",
+        ["He lived in the U.S. for years.", "Then left."],
+    ),
     (
         "It was 5 p.m. Then we ate. It was 5 p.m. and dark.",
         ["It was 5 p.m.", "Then we ate.", "It was 5 p.m. and dark."],
@@ -47,7 +56,10 @@ CASES: list[tuple[str, list[str]]] = [
     ("1. First item\n2. Second item", ["1. First item", "2. Second item"]),
     ("Title\n\nBody text here.\n", ["Title", "Body text here."]),
     # Korean, Chinese, Japanese
-    ("안녕하세요. 만나서 반갑습니다! 잘 지내요?", ["안녕하세요.", "만나서 반갑습니다!", "잘 지내요?"]),
+    (
+        "안녕하세요. 만나서 반갑습니다! 잘 지내요?",
+        ["안녕하세요.", "만나서 반갑습니다!", "잘 지내요?"],
+    ),
     ("좋아요.그럼 갑시다.", ["좋아요.", "그럼 갑시다."]),
     ("你好。我很好！谢谢？", ["你好。", "我很好！", "谢谢？"]),
     ("今日は晴れです。「本当？」と聞いた。", ["今日は晴れです。", "「本当？」", "と聞いた。"]),
@@ -111,7 +123,7 @@ def test_a_cjk_sentence_end_needs_no_space() -> None:
 
 def test_korean_syllables_split_across_tokens_are_joined() -> None:
     seg = Segmenter()
-    units = seg.feed("안녕하세") + seg.feed("요. 만나서") + seg.feed(" 반갑습니다.") + seg.flush()
+    units = [*seg.feed("안녕하세"), *seg.feed("요. 만나서"), *seg.feed(" 반갑습니다."), *seg.flush()]
     assert units == ["안녕하세요.", "만나서 반갑습니다."]
 
 

@@ -24,7 +24,6 @@ from .conftest import (
     gated_backend,
     running_server,
     scripted_backend,
-    wait_until,
 )
 
 SCRIPT = ["The moon", " is bright", " tonight, and", " the sky is clear.", " Look up", "! Bye."]
@@ -116,7 +115,9 @@ async def test_barge_in_cancels_the_old_answer_and_nothing_of_it_follows_its_don
         assert events[-1] is dones[0]  # the old done is the last frame of the old answer
         assert event["status"] == "completed" and event["response_id"] == new
         # the cancelled answer stays in the history as what was said, turns alternate
-        state = await backend.graph.aget_state({"configurable": {"thread_id": conn.session["session_id"]}})
+        state = await backend.graph.aget_state(
+            {"configurable": {"thread_id": conn.session["session_id"]}}
+        )
         kinds = [m.type for m in state.values["messages"]]
         assert kinds == ["human", "ai", "human", "ai"]
         assert state.values["messages"][1].content == "Hello there. Still talking"
@@ -132,7 +133,7 @@ async def test_cancel_stops_the_answer_and_closes_every_tts_request() -> None:
         async with asyncio.timeout(WAIT_S):
             while (await conn.next_event())["type"] != "audio.chunk":
                 pass
-            await wait_until(lambda: tts.started == 2, "both TTS slots busy")
+            await tts.wait_started(2)  # both TTS slots busy
             await conn.cancel()
             while (event := await conn.next_event())["type"] != "response.done":
                 assert event["type"] == "audio.chunk"
@@ -224,7 +225,8 @@ async def test_a_client_gone_mid_answer_leaves_no_task_behind() -> None:
                 while (await conn.next_event())["type"] != "audio.chunk":
                     pass
             await conn.ws.close()
-        await wait_until(lambda: not server.sessions, "every session closed")
+        async with asyncio.timeout(WAIT_S):
+            await server.wait_until_idle()
         assert server.responses_in_flight() == 0
         assert tts.cancelled == tts.started
         leftovers = asyncio.all_tasks() - before

@@ -84,13 +84,13 @@ FishStreamingOption = Annotated[
 ]
 SystemPromptOption = Annotated[
     str | None,
-    typer.Option("--system-prompt", envvar=_env("SYSTEM_PROMPT"), help="Replace the system prompt."),
+    typer.Option(
+        "--system-prompt", envvar=_env("SYSTEM_PROMPT"), help="Replace the system prompt."
+    ),
 ]
 LogLevelOption = Annotated[
     str,
-    typer.Option(
-        "--log-level", envvar=_env("LOG_LEVEL"), help="debug, info, warning or error."
-    ),
+    typer.Option("--log-level", envvar=_env("LOG_LEVEL"), help="debug, info, warning or error."),
 ]
 
 
@@ -231,7 +231,7 @@ def ask_command(
             tts=tts,
             system_prompt=system_prompt,
             tone_latency_ms=tone_latency_ms,
-        tone_rtf=tone_rtf,
+            tone_rtf=tone_rtf,
             fish_url=fish_url,
             fish_api_key=fish_api_key,
             fish_reference_id=fish_reference_id,

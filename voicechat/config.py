@@ -1,4 +1,4 @@
-"""Back-end settings shared by `serve` and `talk`'s embedded server; the one place engines are chosen."""
+"""Back-end settings shared by `serve` and `ask --embedded`: the one place engines are chosen."""
 
 from __future__ import annotations
 

@@ -116,7 +116,9 @@ class Answer:
             units.put_nowait(None)
         return COMPLETED
 
-    async def _stream_text(self, group: asyncio.TaskGroup, units: asyncio.Queue[_Unit | None]) -> None:
+    async def _stream_text(
+        self, group: asyncio.TaskGroup, units: asyncio.Queue[_Unit | None]
+    ) -> None:
         speech_filter = SpeechTextFilter()
         segmenter = Segmenter()
         index = 0

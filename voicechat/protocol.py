@@ -52,7 +52,9 @@ ClientMessage = UserMessage | CancelResponse
 def parse_client_message(frame: str | bytes, *, max_text_chars: int) -> ClientMessage:
     """Validate one client frame; raise ProtocolError with the code the client should see."""
     if isinstance(frame, bytes):
-        raise ProtocolError(BAD_MESSAGE, "binary frames are not part of the protocol; send JSON text")
+        raise ProtocolError(
+            BAD_MESSAGE, "binary frames are not part of the protocol; send JSON text"
+        )
     try:
         data = json.loads(frame)
     except (ValueError, RecursionError) as exc:

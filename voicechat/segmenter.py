@@ -161,9 +161,7 @@ class Segmenter:
         if mark in _SENTENCE_ASCII or mark in _SENTENCE_CJK:
             return self._decide_sentence(pos, final)
         # Clause marks: optional, and only where they help.
-        if pos < self.clause_min_chars and (
-            self._emitted > 0 or pos < self.first_clause_min_chars
-        ):
+        if pos < self.clause_min_chars and (self._emitted > 0 or pos < self.first_clause_min_chars):
             return None
         end = pos + 1
         while end < len(buf) and buf[end] in _CLOSERS:
@@ -191,7 +189,9 @@ class Segmenter:
         if not after.isspace():
             # "3.14", "example.com", "?q=": no space, no sentence end, except in CJK text,
             # where sentences follow each other without a space.
-            if any(ch in _SENTENCE_CJK for ch in run) or (before != "" and _is_cjk(before) and _is_cjk(after)):
+            if any(ch in _SENTENCE_CJK for ch in run) or (
+                before != "" and _is_cjk(before) and _is_cjk(after)
+            ):
                 return end
             return None
         # Whitespace follows: find the first character of what comes next.

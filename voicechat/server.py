@@ -49,6 +49,8 @@ class VoiceChatServer:
         self.config = config
         self.sessions: set[Session] = set()
         self._server: Server | None = None
+        self._idle = asyncio.Event()  # set while no session is open and no answer runs
+        self._idle.set()
 
     @property
     def port(self) -> int:
@@ -62,6 +64,17 @@ class VoiceChatServer:
 
     def responses_in_flight(self) -> int:
         return sum(1 for session in self.sessions if session.answering)
+
+    async def wait_until_idle(self) -> None:
+        """Return once no session is open and no answer is in flight (tests, shutdown checks)."""
+        await self._idle.wait()
+
+    def update_idle(self, *_: object) -> None:
+        """Recompute the idle flag; called whenever a session or an answer task ends."""
+        if self.sessions or self.responses_in_flight():
+            self._idle.clear()
+        else:
+            self._idle.set()
 
     async def start(self) -> None:
         self._server = await serve(
@@ -115,12 +128,14 @@ class VoiceChatServer:
     async def _handle_connection(self, connection: ServerConnection) -> None:
         session = Session(self, connection)
         self.sessions.add(session)
+        self._idle.clear()
         log.info("session %s opened from %s", session.id, connection.remote_address)
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
             log.info("session %s closed", session.id)
+            self.update_idle()
 
 
 class Session:
@@ -196,6 +211,7 @@ class Session:
         await self._send(protocol.response_created(answer.response_id, message.id))
         self._answer = answer
         self._answer_task = asyncio.create_task(self._run_answer(answer))
+        self._answer_task.add_done_callback(self.server.update_idle)
 
     async def _run_answer(self, answer: Answer) -> None:
         try:
@@ -224,7 +240,9 @@ class Session:
             await self._finish(answer, CANCELLED)
 
     async def _finish(self, answer: Answer, status: str) -> None:
-        await self._outbound.put((answer.response_id, protocol.encode(answer.done_frame(status)), True))
+        await self._outbound.put(
+            (answer.response_id, protocol.encode(answer.done_frame(status)), True)
+        )
         answer.done_sent = True
 
     def _emitter(self, response_id: str) -> Emit:

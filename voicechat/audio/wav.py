@@ -39,7 +39,7 @@ def decode_wav(data: bytes) -> tuple[bytes, int]:
 
 
 def parse_wav_header(data: bytes) -> tuple[int, int] | None:
-    """For a streamed WAV: (offset of the first sample, sample rate), or None if more bytes are needed.
+    """For a streamed WAV: (offset of the first sample, sample rate), or None if it needs more.
 
     Streaming servers write zero or bogus sizes in the header, so the sizes are ignored.
     Raises WavError when the bytes are not a RIFF/WAVE stream of 16-bit mono PCM.

@@ -1,7 +1,6 @@
 """Chat back ends, chosen by the `--llm` spec, all run inside a LangGraph graph.
 
-Specs: `scripted:PATH` (tests, benchmarks, demos; plain `scripted` plays a built-in demo). `local`, `openai` and `graph:module:attr`
-are reserved names for the embedded model, OpenAI-compatible servers and user graphs.
+Specs: `scripted:PATH` (tests, benchmarks, demos; plain `scripted` plays a built-in demo).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from langgraph.graph.state import CompiledStateGraph
 
 from voicechat.llm.graph import build_chat_graph
 from voicechat.llm.scripted import ScriptedChatModel, load_script
-
 
 DEMO_SCRIPT = Path(__file__).parent / "scripts" / "demo.json"
 
@@ -44,6 +42,4 @@ def build_backend(spec: str, *, system_prompt: str | None = None) -> ChatBackend
             raise LLMConfigError(str(exc)) from None
         graph = build_chat_graph(model, checkpointer=checkpointer, system_prompt=system_prompt)
         return ChatBackend(graph=graph, name="scripted")
-    raise LLMConfigError(
-        f"unknown --llm {spec!r}; this build supports scripted:PATH"
-    )
+    raise LLMConfigError(f"unknown --llm {spec!r}; this build supports scripted:PATH")

@@ -87,7 +87,7 @@ class FishSpeechTTS:
 
 
 async def _pcm_pieces(response: httpx.Response) -> AsyncIterator[Pcm]:
-    """Turn a streamed body (headerless PCM, or legacy WAV header + PCM) into whole-sample pieces."""
+    """A streamed body (headerless PCM, or legacy WAV header + PCM) as whole-sample pieces."""
     if "json" in response.headers.get("content-type", ""):
         raise TTSError(_describe_error(200, await response.aread()))
     pending = b""
