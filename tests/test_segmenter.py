@@ -123,7 +123,8 @@ def test_a_cjk_sentence_end_needs_no_space() -> None:
 
 def test_korean_syllables_split_across_tokens_are_joined() -> None:
     seg = Segmenter()
-    units = [*seg.feed("안녕하세"), *seg.feed("요. 만나서"), *seg.feed(" 반갑습니다."), *seg.flush()]
+    units = [unit for delta in ["안녕하세", "요. 만나서", " 반갑습니다."] for unit in seg.feed(delta)]
+    units += seg.flush()
     assert units == ["안녕하세요.", "만나서 반갑습니다."]
 
 
@@ -156,7 +157,7 @@ def test_flush_resets_the_segmenter_for_reuse() -> None:
 
 
 _ALPHABET = st.sampled_from(
-    list("abcXYZ019 .,!?;:…—\"')(\n") + ["Mr", "e.g", "3.1", "www.a.b", "안녕", "요", "。", "你"]
+    [*"abcXYZ019 .,!?;:…—\"')(\n", "Mr", "e.g", "3.1", "www.a.b", "안녕", "요", "。", "你"]
 )
 
 
