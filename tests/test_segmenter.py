@@ -123,7 +123,8 @@ def test_a_cjk_sentence_end_needs_no_space() -> None:
 
 def test_korean_syllables_split_across_tokens_are_joined() -> None:
     seg = Segmenter()
-    units = [unit for delta in ["안녕하세", "요. 만나서", " 반갑습니다."] for unit in seg.feed(delta)]
+    deltas = ["안녕하세", "요. 만나서", " 반갑습니다."]
+    units = [unit for delta in deltas for unit in seg.feed(delta)]
     units += seg.flush()
     assert units == ["안녕하세요.", "만나서 반갑습니다."]
 
