@@ -99,6 +99,8 @@ def _setup_logging(level: str) -> None:
     if not isinstance(numeric, int):
         raise typer.BadParameter(f"unknown log level {level!r}", param_hint="--log-level")
     logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The library logs every connection at INFO; our sessions already do, once.
+    logging.getLogger("websockets").setLevel(max(numeric, logging.WARNING))
 
 
 def _build_server(options: BackendOptions, config: ServerConfig) -> VoiceChatServer:
