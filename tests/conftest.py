@@ -121,6 +121,14 @@ async def collect_answer(connection: ChatConnection, text: str) -> list[dict[str
     raise AssertionError("unreachable")
 
 
+async def read_until(connection: ChatConnection, kind: str) -> dict[str, Any]:
+    """Read events until one of type `kind` arrives; return it."""
+    async with asyncio.timeout(WAIT_S):
+        while (event := await connection.next_event())["type"] != kind:
+            pass
+    return event
+
+
 def audio_by_segment(events: list[dict[str, Any]]) -> dict[int, bytes]:
     """The decoded PCM of every segment, joined in arrival order."""
     pcm: dict[int, bytes] = {}

@@ -18,6 +18,7 @@ from .conftest import (
     audio_by_segment,
     collect_answer,
     gated_backend,
+    read_until,
     running_server,
     scripted_backend,
 )
@@ -158,11 +159,9 @@ async def test_cancel_closes_the_http_request_in_flight(fish: FishDouble) -> Non
         async with ChatConnection(server.url) as conn:
             await conn.send_user_message("go")
             async with asyncio.timeout(WAIT_S):
-                while (await conn.next_event())["type"] != "audio.chunk":
-                    pass
+                await read_until(conn, "audio.chunk")
                 await conn.cancel()
-                while (event := await conn.next_event())["type"] != "response.done":
-                    pass
+                event = await read_until(conn, "response.done")
             assert event["status"] == "cancelled"
             disconnected = await asyncio.to_thread(fish.wait_for_disconnect, WAIT_S)
     fish.hold.set()

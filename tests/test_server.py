@@ -22,6 +22,7 @@ from .conftest import (
     audio_by_segment,
     collect_answer,
     gated_backend,
+    read_until,
     running_server,
     scripted_backend,
 )
@@ -131,8 +132,7 @@ async def test_cancel_stops_the_answer_and_closes_every_tts_request() -> None:
         await conn.cancel()  # nothing in flight: ignored, no error
         await conn.send_user_message("go")
         async with asyncio.timeout(WAIT_S):
-            while (await conn.next_event())["type"] != "audio.chunk":
-                pass
+            await read_until(conn, "audio.chunk")
             await tts.wait_started(2)  # both TTS slots busy
             await conn.cancel()
             while (event := await conn.next_event())["type"] != "response.done":
@@ -222,8 +222,7 @@ async def test_a_client_gone_mid_answer_leaves_no_task_behind() -> None:
             await conn.__aenter__()
             await conn.send_user_message("go")
             async with asyncio.timeout(WAIT_S):
-                while (await conn.next_event())["type"] != "audio.chunk":
-                    pass
+                await read_until(conn, "audio.chunk")
             await conn.ws.close()
         async with asyncio.timeout(WAIT_S):
             await server.wait_until_idle()
@@ -241,11 +240,9 @@ async def test_shutdown_ends_answers_in_flight_with_their_done_and_closes_1001()
         await conn.__aenter__()
         await conn.send_user_message("go")
         async with asyncio.timeout(WAIT_S):
-            while (await conn.next_event())["type"] != "audio.chunk":
-                pass
+            await read_until(conn, "audio.chunk")
             stopping = asyncio.create_task(server.shutdown())  # the client keeps reading
-            while (event := await conn.next_event())["type"] != "response.done":
-                pass
+            event = await read_until(conn, "response.done")
             assert event["status"] == "cancelled"
             with pytest.raises(ConnectionLost) as closed:
                 await conn.next_event()

@@ -9,8 +9,9 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -103,6 +104,12 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("websockets").setLevel(max(numeric, logging.WARNING))
 
 
+def _backend_options(flags: dict[str, Any]) -> BackendOptions:
+    """The back-end options among a command's flags (commands share the flag names)."""
+    names = {field.name for field in fields(BackendOptions)}
+    return BackendOptions(**{name: value for name, value in flags.items() if name in names})
+
+
 def _build_server(options: BackendOptions, config: ServerConfig) -> VoiceChatServer:
     """Build the back ends once; a bad spec is a usage error with one clear line."""
     try:
@@ -143,17 +150,7 @@ def serve(
 ) -> None:
     """Run the voicechat WebSocket server (WS /v1/chat/stream, GET /healthz)."""
     _setup_logging(log_level)
-    options = BackendOptions(
-        llm=llm,
-        tts=tts,
-        system_prompt=system_prompt,
-        tone_latency_ms=tone_latency_ms,
-        tone_rtf=tone_rtf,
-        fish_url=fish_url,
-        fish_api_key=fish_api_key,
-        fish_reference_id=fish_reference_id,
-        fish_streaming=fish_streaming,
-    )
+    options = _backend_options(locals())
     config = ServerConfig(
         host=host,
         port=port,
@@ -228,18 +225,7 @@ def ask_command(
     embedded_server = None
     if embedded:
         logging.basicConfig(level=logging.WARNING)
-        options = BackendOptions(
-            llm=llm,
-            tts=tts,
-            system_prompt=system_prompt,
-            tone_latency_ms=tone_latency_ms,
-            tone_rtf=tone_rtf,
-            fish_url=fish_url,
-            fish_api_key=fish_api_key,
-            fish_reference_id=fish_reference_id,
-            fish_streaming=fish_streaming,
-        )
-        embedded_server = _build_server(options, ServerConfig(port=0))
+        embedded_server = _build_server(_backend_options(locals()), ServerConfig(port=0))
 
     async def run() -> int:
         if embedded_server is None:
