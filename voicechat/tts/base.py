@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -29,7 +29,7 @@ class TTSEngine(Protocol):
 
     name: str
 
-    def synthesize(self, text: str) -> AsyncIterator[Pcm]:
+    def synthesize(self, text: str) -> AsyncGenerator[Pcm, None]:
         """Yield the audio of `text` in order; raise TTSError when the unit is lost."""
         ...
 

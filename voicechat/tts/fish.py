@@ -9,7 +9,7 @@ for the next piece; errors are JSON `{"statusCode", "message", "error"}` (422: a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -60,7 +60,7 @@ class FishSpeechTTS:
             body["reference_id"] = self.reference_id
         return msgpack.packb(body)
 
-    async def synthesize(self, text: str) -> AsyncIterator[Pcm]:
+    async def synthesize(self, text: str) -> AsyncGenerator[Pcm, None]:
         try:
             async with self._client.stream(
                 "POST",
@@ -86,7 +86,7 @@ class FishSpeechTTS:
         await self._client.aclose()
 
 
-async def _pcm_pieces(response: httpx.Response) -> AsyncIterator[Pcm]:
+async def _pcm_pieces(response: httpx.Response) -> AsyncGenerator[Pcm, None]:
     """A streamed body (headerless PCM, or legacy WAV header + PCM) as whole-sample pieces."""
     if "json" in response.headers.get("content-type", ""):
         raise TTSError(_describe_error(200, await response.aread()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class ToneTTS:
         duration_s = max(0.2, self.ms_per_char * len(text) / 1000)
         return self.latency_ms / 1000 + self.rtf * duration_s
 
-    async def synthesize(self, text: str) -> AsyncIterator[Pcm]:
+    async def synthesize(self, text: str) -> AsyncGenerator[Pcm, None]:
         delay = self.delay_s(text)
         if delay > 0:
             await asyncio.sleep(delay)  # the simulated server time
