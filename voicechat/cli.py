@@ -9,6 +9,7 @@ import asyncio
 import logging
 import signal
 import sys
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,7 @@ import typer
 
 from voicechat.client.ask import EXIT_USAGE, ask
 from voicechat.client.connection import DEFAULT_SERVER_URL
-from voicechat.config import BackendOptions, ConfigError, build_llm, build_tts
+from voicechat.config import BackendOptions, ConfigError, open_backends
 from voicechat.pipeline import PipelineSettings
 from voicechat.server import ServerConfig, VoiceChatServer
 
@@ -32,67 +33,45 @@ app = typer.Typer(
 log = logging.getLogger("voicechat")
 
 
-def _env(name: str) -> str:
-    return f"VOICECHAT_{name}"
+def _option(name: str, help: str, **kwargs: Any) -> Any:
+    """A flag `--name` that also reads VOICECHAT_NAME."""
+    env = "VOICECHAT_" + name.split("/")[0].lstrip("-").replace("-", "_").upper()
+    return typer.Option(name, envvar=env, help=help, **kwargs)
 
 
-LlmOption = Annotated[
+# Back-end flags, shared by `serve` and `ask --embedded` (their names match BackendOptions).
+Llm = Annotated[
     str,
-    typer.Option(
-        "--llm",
-        envvar=_env("LLM"),
-        help="Chat back end: scripted[:PATH] (a JSON script of deltas; without PATH a demo).",
-    ),
+    _option("--llm", "Chat back end: local, openai, graph:MODULE:ATTR or scripted[:PATH]."),
 ]
-TtsOption = Annotated[
-    str,
-    typer.Option("--tts", envvar=_env("TTS"), help="TTS engine: tone (synthetic) or fish."),
-]
-ToneLatencyOption = Annotated[
-    float,
-    typer.Option(
-        "--tone-latency-ms", envvar=_env("TONE_LATENCY_MS"), help="Simulated tone TTS delay."
-    ),
-]
-ToneRtfOption = Annotated[
-    float,
-    typer.Option(
-        "--tone-rtf",
-        envvar=_env("TONE_RTF"),
-        help="Simulated tone TTS real-time factor (synthesis time per second of audio).",
-    ),
-]
-FishUrlOption = Annotated[
-    str, typer.Option("--fish-url", envvar=_env("FISH_URL"), help="Fish Speech API server.")
-]
-FishKeyOption = Annotated[
+LlmModelPath = Annotated[Path | None, _option("--llm-model-path", "A GGUF model for --llm local.")]
+MaxTokens = Annotated[int, _option("--max-tokens", "Longest answer, in tokens.", min=1)]
+SystemPrompt = Annotated[str | None, _option("--system-prompt", "Replace the system prompt.")]
+OpenaiBaseUrl = Annotated[
     str | None,
-    typer.Option("--fish-api-key", envvar=_env("FISH_API_KEY"), help="Fish Speech --api-key."),
+    _option("--openai-base-url", "OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1."),
 ]
-FishReferenceOption = Annotated[
-    str | None,
-    typer.Option(
-        "--fish-reference-id", envvar=_env("FISH_REFERENCE_ID"), help="A saved Fish voice."
-    ),
+OpenaiModel = Annotated[str, _option("--openai-model", "Model name for --llm openai.")]
+Memory = Annotated[
+    str, _option("--memory", "Conversation memory: memory, sqlite:PATH or postgres://...")
 ]
-FishStreamingOption = Annotated[
+Tts = Annotated[str, _option("--tts", "TTS engine: piper (embedded), fish or tone (synthetic).")]
+PiperModel = Annotated[Path | None, _option("--piper-model", "Another Piper .onnx voice.")]
+SpeakingRate = Annotated[
+    float, _option("--speaking-rate", "Piper speaking rate (1.0 normal, 1.2 faster).")
+]
+ToneLatency = Annotated[float, _option("--tone-latency-ms", "Simulated tone TTS delay per unit.")]
+ToneRtf = Annotated[float, _option("--tone-rtf", "Simulated tone TTS time per second of audio.")]
+FishUrl = Annotated[str, _option("--fish-url", "Fish Speech API server.")]
+FishApiKey = Annotated[str | None, _option("--fish-api-key", "Fish Speech --api-key.")]
+FishReferenceId = Annotated[str | None, _option("--fish-reference-id", "A saved Fish voice.")]
+FishStreaming = Annotated[
     bool,
-    typer.Option(
-        "--fish-streaming/--no-fish-streaming",
-        envvar=_env("FISH_STREAMING"),
-        help="Ask Fish Speech to stream each unit's audio.",
-    ),
+    _option("--fish-streaming/--no-fish-streaming", "Ask Fish Speech to stream each unit."),
 ]
-SystemPromptOption = Annotated[
-    str | None,
-    typer.Option(
-        "--system-prompt", envvar=_env("SYSTEM_PROMPT"), help="Replace the system prompt."
-    ),
-]
-LogLevelOption = Annotated[
-    str,
-    typer.Option("--log-level", envvar=_env("LOG_LEVEL"), help="debug, info, warning or error."),
-]
+LogLevel = Annotated[str, _option("--log-level", "debug, info, warning or error.")]
+
+DEFAULTS = BackendOptions()
 
 
 def _setup_logging(level: str) -> None:
@@ -110,43 +89,58 @@ def _backend_options(flags: dict[str, Any]) -> BackendOptions:
     return BackendOptions(**{name: value for name, value in flags.items() if name in names})
 
 
-def _build_server(options: BackendOptions, config: ServerConfig) -> VoiceChatServer:
-    """Build the back ends once; a bad spec is a usage error with one clear line."""
+@asynccontextmanager
+async def running_server(options: BackendOptions, config: ServerConfig) -> Any:
+    """Load the back ends (before accepting anyone), serve, and release everything after."""
+    async with AsyncExitStack() as stack:
+        backend, tts = await open_backends(options, stack)
+        server = VoiceChatServer(backend, tts, config)
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.shutdown()
+
+
+def _run(main: Any) -> int:
+    """Run a coroutine; configuration errors become one line and exit code 2."""
     try:
-        return VoiceChatServer(build_llm(options), build_tts(options), config)
+        return int(asyncio.run(main) or 0)
     except ConfigError as exc:
         typer.echo(f"voicechat: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+        return EXIT_USAGE
 
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(envvar=_env("HOST"), help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar=_env("PORT"), help="Port to bind.")] = 8765,
-    llm: LlmOption = "scripted",
-    tts: TtsOption = "tone",
+    host: Annotated[str, _option("--host", "Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, _option("--port", "Port to bind.")] = 8765,
+    llm: Llm = DEFAULTS.llm,
+    llm_model_path: LlmModelPath = None,
+    max_tokens: MaxTokens = DEFAULTS.max_tokens,
+    system_prompt: SystemPrompt = None,
+    openai_base_url: OpenaiBaseUrl = None,
+    openai_model: OpenaiModel = DEFAULTS.openai_model,
+    memory: Memory = DEFAULTS.memory,
+    tts: Tts = DEFAULTS.tts,
+    piper_model: PiperModel = None,
+    speaking_rate: SpeakingRate = DEFAULTS.speaking_rate,
+    tone_latency_ms: ToneLatency = 0.0,
+    tone_rtf: ToneRtf = 0.0,
+    fish_url: FishUrl = DEFAULTS.fish_url,
+    fish_api_key: FishApiKey = None,
+    fish_reference_id: FishReferenceId = None,
+    fish_streaming: FishStreaming = True,
     tts_concurrency: Annotated[
-        int,
-        typer.Option(
-            envvar=_env("TTS_CONCURRENCY"), min=1, max=16, help="TTS requests in flight per answer."
-        ),
+        int, _option("--tts-concurrency", "TTS requests in flight per answer.", min=1, max=16)
     ] = 2,
-    tone_latency_ms: ToneLatencyOption = 0.0,
-    tone_rtf: ToneRtfOption = 0.0,
-    fish_url: FishUrlOption = "http://127.0.0.1:8080",
-    fish_api_key: FishKeyOption = None,
-    fish_reference_id: FishReferenceOption = None,
-    fish_streaming: FishStreamingOption = True,
-    system_prompt: SystemPromptOption = None,
     max_text_chars: Annotated[
-        int,
-        typer.Option(envvar=_env("MAX_TEXT_CHARS"), min=1, help="Longest user.message text."),
+        int, _option("--max-text-chars", "Longest user.message text.", min=1)
     ] = 4000,
     max_frame_bytes: Annotated[
-        int,
-        typer.Option(envvar=_env("MAX_FRAME_BYTES"), min=1024, help="Largest incoming frame."),
+        int, _option("--max-frame-bytes", "Largest incoming frame (bytes).", min=1024)
     ] = 256 * 1024,
-    log_level: LogLevelOption = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Run the voicechat WebSocket server (WS /v1/chat/stream, GET /healthz)."""
     _setup_logging(log_level)
@@ -158,40 +152,40 @@ def serve(
         max_frame_bytes=max_frame_bytes,
         pipeline=PipelineSettings(tts_concurrency=tts_concurrency),
     )
-    server = _build_server(options, config)
     try:
-        asyncio.run(_serve_until_signal(server))
+        code = _run(_serve_until_signal(options, config))
     except OSError as exc:
         typer.echo(f"voicechat: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(1) from None
+        code = 1
+    raise typer.Exit(code)
 
 
-async def _serve_until_signal(server: VoiceChatServer) -> None:
+async def _serve_until_signal(options: BackendOptions, config: ServerConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
     log.info(
-        "serving %s (llm=%s, tts=%s); health at http://%s:%d/healthz",
-        server.url,
-        server.backend.name,
-        server.tts.name,
-        server.config.host,
-        server.port,
+        "loading back ends: llm=%s, tts=%s, memory=%s", options.llm, options.tts, options.memory
     )
-    await stop.wait()
-    log.info("shutting down: finishing %d answer(s) in flight", server.responses_in_flight())
-    await server.shutdown()
+    async with running_server(options, config) as server:
+        log.info(
+            "serving %s (llm=%s, tts=%s); health at http://%s:%d/healthz",
+            server.url,
+            server.backend.name,
+            server.tts.name,
+            config.host,
+            server.port,
+        )
+        await stop.wait()
+        log.info("shutting down: finishing %d answer(s) in flight", server.responses_in_flight())
     log.info("stopped")
 
 
 @app.command("ask")
 def ask_command(
     text: Annotated[str, typer.Argument(help="The message; '-' reads it from standard input.")],
-    server: Annotated[
-        str, typer.Option(envvar=_env("SERVER"), help="Server WebSocket URL.")
-    ] = DEFAULT_SERVER_URL,
+    server: Annotated[str, _option("--server", "Server WebSocket URL.")] = DEFAULT_SERVER_URL,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the answer's audio to this WAV file.")
     ] = None,
@@ -206,15 +200,22 @@ def ask_command(
             "instead of connecting to --server.",
         ),
     ] = False,
-    llm: LlmOption = "scripted",
-    tts: TtsOption = "tone",
-    tone_latency_ms: ToneLatencyOption = 0.0,
-    tone_rtf: ToneRtfOption = 0.0,
-    fish_url: FishUrlOption = "http://127.0.0.1:8080",
-    fish_api_key: FishKeyOption = None,
-    fish_reference_id: FishReferenceOption = None,
-    fish_streaming: FishStreamingOption = True,
-    system_prompt: SystemPromptOption = None,
+    llm: Llm = DEFAULTS.llm,
+    llm_model_path: LlmModelPath = None,
+    max_tokens: MaxTokens = DEFAULTS.max_tokens,
+    system_prompt: SystemPrompt = None,
+    openai_base_url: OpenaiBaseUrl = None,
+    openai_model: OpenaiModel = DEFAULTS.openai_model,
+    memory: Memory = DEFAULTS.memory,
+    tts: Tts = DEFAULTS.tts,
+    piper_model: PiperModel = None,
+    speaking_rate: SpeakingRate = DEFAULTS.speaking_rate,
+    tone_latency_ms: ToneLatency = 0.0,
+    tone_rtf: ToneRtf = 0.0,
+    fish_url: FishUrl = DEFAULTS.fish_url,
+    fish_api_key: FishApiKey = None,
+    fish_reference_id: FishReferenceId = None,
+    fish_streaming: FishStreaming = True,
 ) -> None:
     """Ask one question: text to stdout, audio to --out. Exit 0 ok, 1 failed, 3 unreachable."""
     if text == "-":
@@ -222,19 +223,17 @@ def ask_command(
     if not text.strip():
         typer.echo("voicechat: the message is empty", err=True)
         raise typer.Exit(EXIT_USAGE)
-    embedded_server = None
-    if embedded:
-        logging.basicConfig(level=logging.WARNING)
-        embedded_server = _build_server(_backend_options(locals()), ServerConfig(port=0))
+    options = _backend_options(locals())
 
     async def run() -> int:
-        if embedded_server is None:
+        if not embedded:
             return await ask(text, server_url=server, out=out, json_lines=json_lines)
-        async with embedded_server:
-            return await ask(text, server_url=embedded_server.url, out=out, json_lines=json_lines)
+        logging.basicConfig(level=logging.WARNING)
+        async with running_server(options, ServerConfig(port=0)) as private:
+            return await ask(text, server_url=private.url, out=out, json_lines=json_lines)
 
     try:
-        code = asyncio.run(run())
+        code = _run(run())
     except KeyboardInterrupt:
         code = 130
     raise typer.Exit(code)

