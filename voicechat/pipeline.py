@@ -49,6 +49,16 @@ class _Unit:
     pieces: asyncio.Queue[Pcm | TTSError | None] = field(default_factory=asyncio.Queue)
 
 
+SILENT_TAG = "voicechat:silent"
+
+
+def is_spoken(message: BaseMessage, metadata: dict[str, Any]) -> bool:
+    """AI text is spoken, streamed or not, unless its model run is tagged voicechat:silent."""
+    return isinstance(message, AIMessage | AIMessageChunk) and SILENT_TAG not in (
+        metadata.get("tags") or ()
+    )
+
+
 def message_text(message: BaseMessage) -> str:
     """The text of a streamed message chunk (plain string or content blocks)."""
     content = message.content
@@ -135,18 +145,24 @@ class Answer:
         stream = self.graph.astream(
             {"messages": [HumanMessage(self.user_text)]}, self.config, stream_mode="messages"
         )
+        message_id: str | None = None
         async with aclosing(stream):
-            async for message, _metadata in stream:
-                if not isinstance(message, AIMessageChunk):
+            async for message, metadata in stream:
+                if not is_spoken(message, metadata):
                     continue
                 delta = message_text(message)
                 if not delta:
                     continue  # every answer ends with an empty chunk
                 if self.first_text_at is None:
                     self.first_text_at = time.perf_counter()
+                speech = delta
+                if message.id != message_id:
+                    if message_id is not None:
+                        speech = "\n" + delta  # a new message is a new sentence
+                    message_id = message.id
                 self.text += delta
                 await self.emit(protocol.text_delta(self.response_id, delta))
-                start_units(segmenter.feed(speech_filter.feed(delta)))
+                start_units(segmenter.feed(speech_filter.feed(speech)))
         start_units(segmenter.feed(speech_filter.flush()) + segmenter.flush())
 
     async def _synthesize(self, unit: _Unit) -> None:

@@ -22,6 +22,7 @@ TOO_LARGE = "too_large"
 TTS_FAILED = "tts_failed"
 LLM_FAILED = "llm_failed"
 INTERNAL = "internal"
+UNKNOWN_SESSION = "unknown_session"
 
 MAX_ID_CHARS = 200
 
@@ -46,7 +47,12 @@ class CancelResponse:
     pass
 
 
-ClientMessage = UserMessage | CancelResponse
+@dataclass(frozen=True, slots=True)
+class ResumeSession:
+    session_id: str
+
+
+ClientMessage = UserMessage | CancelResponse | ResumeSession
 
 
 def parse_client_message(frame: str | bytes, *, max_text_chars: int) -> ClientMessage:
@@ -82,6 +88,13 @@ def parse_client_message(frame: str | bytes, *, max_text_chars: int) -> ClientMe
         return UserMessage(text=text, id=msg_id)
     if kind == "response.cancel":
         return CancelResponse()
+    if kind == "session.resume":
+        session_id = data.get("session_id")
+        if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_ID_CHARS:
+            raise ProtocolError(
+                BAD_MESSAGE, f"session.resume needs 'session_id', 1 to {MAX_ID_CHARS} characters"
+            )
+        return ResumeSession(session_id)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}")
 
 
@@ -101,6 +114,10 @@ def session_created(session_id: str, llm: str, tts: str) -> dict[str, Any]:
         "llm": llm,
         "tts": tts,
     }
+
+
+def session_resumed(session_id: str, messages: int) -> dict[str, Any]:
+    return {"type": "session.resumed", "session_id": session_id, "messages": messages}
 
 
 def response_created(response_id: str, in_reply_to: str | None) -> dict[str, Any]:

@@ -145,6 +145,7 @@ class Session:
         self.server = server
         self.connection = connection
         self.id = uuid.uuid4().hex
+        self.thread_id = self.id  # the conversation; session.resume switches to an older one
         self._outbound: asyncio.Queue[tuple[str | None, str, bool]] = asyncio.Queue(
             maxsize=server.config.outbound_frames
         )
@@ -195,11 +196,14 @@ class Session:
         if isinstance(message, protocol.CancelResponse):
             await self._cancel_answer(notify=True)
             return
+        if isinstance(message, protocol.ResumeSession):
+            await self._resume(message.session_id)
+            return
         await self._cancel_answer(notify=True)  # barge-in: the old answer ends first
         response_id = uuid.uuid4().hex
         answer = Answer(
             graph=self.server.backend.graph,
-            thread_id=self.id,
+            thread_id=self.thread_id,
             user_text=message.text,
             response_id=response_id,
             tts=self.server.tts,
@@ -212,6 +216,24 @@ class Session:
         self._answer = answer
         self._answer_task = asyncio.create_task(self._run_answer(answer))
         self._answer_task.add_done_callback(self.server.update_idle)
+
+    async def _resume(self, session_id: str) -> None:
+        """Continue the conversation of an earlier session (e.g. after a reconnect)."""
+        await self._cancel_answer(notify=True)
+        config = {"configurable": {"thread_id": session_id}}
+        try:
+            state = await self.server.backend.graph.aget_state(config)
+        except Exception as exc:  # a graph without a checkpointer cannot resume
+            await self._send(protocol.error(protocol.UNKNOWN_SESSION, f"cannot resume: {exc}"))
+            return
+        messages = state.values.get("messages", []) if state and state.values else []
+        if not messages:
+            await self._send(
+                protocol.error(protocol.UNKNOWN_SESSION, "no conversation with that session_id")
+            )
+            return
+        self.thread_id = session_id
+        await self._send(protocol.session_resumed(session_id, len(messages)))
 
     async def _run_answer(self, answer: Answer) -> None:
         try:

@@ -1,0 +1,233 @@
+"""Real back ends: the embedded GGUF LLM and Piper voice, an OpenAI-compatible server, a user
+graph, SQLite and PostgreSQL memory, and Korean through espeak-ng."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from voicechat.audio.wav import decode_wav
+from voicechat.client.connection import ChatConnection
+from voicechat.config import BackendOptions, ConfigError, open_backends
+from voicechat.llm.local import default_model_path
+from voicechat.server import ServerConfig, VoiceChatServer
+
+from .conftest import WAIT_S, collect_answer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[VoiceChatServer]:
+    async with AsyncExitStack() as stack:
+        backend, tts = await open_backends(BackendOptions(**options), stack)
+        server = VoiceChatServer(backend, tts, ServerConfig(port=0))
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.shutdown()
+
+
+def _audio(events: list[dict[str, Any]]) -> tuple[np.ndarray, set[int]]:
+    samples, rates = [], set()
+    for event in events:
+        if event["type"] == "audio.chunk":
+            data, rate = decode_wav(base64.b64decode(event["audio"]))
+            samples.append(np.frombuffer(data, "<i2"))
+            rates.add(rate)
+    return (np.concatenate(samples) if samples else np.zeros(0, np.int16)), rates
+
+
+def _rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if samples.size else 0.0
+
+
+async def test_embedded_llm_and_piper_answer_with_real_speech() -> None:
+    async with serving(llm="local", tts="piper", max_tokens=40) as server:
+        assert server.health()["llm"].startswith("local:SmolLM2")
+        async with ChatConnection(server.url) as conn:
+            events = await collect_answer(conn, "Tell me about the moon.")
+    done = events[-1]
+    assert done["status"] == "completed", events
+    assert done["text"].strip()
+    samples, rates = _audio(events)
+    assert rates == {22050}
+    assert samples.size > 22050 // 2  # at least half a second of speech
+    assert _rms(samples) > 300  # not silence
+
+
+async def test_korean_units_are_spoken_by_espeak_and_unknown_scripts_are_skipped() -> None:
+    script = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    script.write('["Hello there. ", "안녕하세요. 만나서 반갑습니다. ", "สวัสดีครับ. ", "Bye now."]')
+    script.close()
+    try:
+        async with serving(llm=f"scripted:{script.name}", tts="piper") as server:
+            async with ChatConnection(server.url) as conn:
+                events = await collect_answer(conn, "hi")
+    finally:
+        os.unlink(script.name)
+    chunks = [e for e in events if e["type"] == "audio.chunk"]
+    spoken = [c["text"] for c in chunks if c["text"]]
+    assert spoken == ["Hello there.", "안녕하세요.", "만나서 반갑습니다.", "Bye now."]
+    korean = [c for c in chunks if c["segment"] in (1, 2)]
+    data = b"".join(decode_wav(base64.b64decode(c["audio"]))[0] for c in korean)
+    assert _rms(np.frombuffer(data, "<i2")) > 300
+    errors = [e for e in events if e["type"] == "error"]
+    assert [e["code"] for e in errors] == ["tts_failed"]
+    assert "thai" in errors[0]["message"] and "skipped" in errors[0]["message"]
+    assert events[-1]["status"] == "completed"
+
+
+async def test_a_user_graph_remembers_across_turns() -> None:
+    async with serving(llm="graph:examples.memory_bot:graph", tts="tone") as server:
+        async with ChatConnection(server.url) as conn:
+            first = await collect_answer(conn, "I like tea")
+            second = await collect_answer(conn, "and cake")
+    assert "You said: I like tea" in first[-1]["text"]
+    assert second[-1]["text"] == "That makes 2 messages. Before this one you said: I like tea."
+
+
+async def test_sqlite_memory_survives_a_restart_and_a_session_resumes(tmp_path: Path) -> None:
+    options = {"llm": "graph:examples.memory_bot:graph", "tts": "tone"}
+    memory = f"sqlite:{tmp_path / 'chats.db'}"
+    async with serving(memory=memory, **options) as server, ChatConnection(server.url) as conn:
+        await collect_answer(conn, "remember the apples")
+        session_id = conn.session["session_id"]
+    async with serving(memory=memory, **options) as server, ChatConnection(server.url) as conn:
+        await conn.send({"type": "session.resume", "session_id": session_id})
+        async with asyncio.timeout(WAIT_S):
+            resumed = await conn.next_event()
+        assert resumed == {"type": "session.resumed", "session_id": session_id, "messages": 2}
+        events = await collect_answer(conn, "what did I say?")
+        assert events[-1]["text"].endswith("you said: remember the apples.")
+        await conn.send({"type": "session.resume", "session_id": "no-such-session"})
+        async with asyncio.timeout(WAIT_S):
+            error = await conn.next_event()
+        assert error["code"] == "unknown_session"
+
+
+def test_a_bad_memory_or_llm_spec_is_a_clear_config_error() -> None:
+    for options in ({"memory": "redis://x"}, {"llm": "graph:no_such_module:g"}, {"llm": "gpt"}):
+        with pytest.raises(ConfigError):
+            asyncio.run(_open(BackendOptions(tts="tone", **options)))
+
+
+async def _open(options: BackendOptions) -> None:
+    async with AsyncExitStack() as stack:
+        await open_backends(options, stack)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def openai_server() -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server on loopback, serving the embedded GGUF."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--model_alias", "smol"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # uvicorn says when it accepts connections
+            if "Uvicorn running" in line:
+                break
+        else:
+            raise AssertionError("llama_cpp.server exited before serving")
+        assert httpx.get(f"{url}/models", timeout=10).status_code == 200
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def test_openai_compatible_server_answers_through_the_pipeline(openai_server: str) -> None:
+    async with serving(
+        llm="openai", openai_base_url=openai_server, openai_model="smol", tts="tone", max_tokens=40
+    ) as server:
+        assert server.health()["llm"] == "openai:smol"
+        async with ChatConnection(server.url) as conn:
+            events = await collect_answer(conn, "Say hello.")
+    assert events[-1]["status"] == "completed", events
+    deltas = [e for e in events if e["type"] == "text.delta"]
+    assert len(deltas) > 1  # streamed token by token, not in one piece
+    assert events[-1]["text"].strip()
+    assert any(e["type"] == "audio.chunk" for e in events)
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        pytest.fail("PostgreSQL server binaries not found: run scripts/setup.sh test")
+    return found[-1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL server: own data directory, own port, own socket directory."""
+    base = Path(tempfile.mkdtemp(prefix="voicechat-pg-"))
+    data, run = base / "data", base / "run"
+    run.mkdir()
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(base, "postgres")
+        shutil.chown(run, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    subprocess.run(
+        [*as_postgres, _pg_bin("initdb"), "-D", str(data), "-U", "voicechat", "-A", "trust"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*as_postgres, _pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"),
+         "-o", f"-p {port} -k {run} -c listen_addresses=127.0.0.1", "start"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    try:
+        yield f"postgresql://voicechat@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_postgres, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_two_servers_share_conversations_through_postgres(postgres_url: str) -> None:
+    options = {"llm": "graph:examples.memory_bot:graph", "tts": "tone", "memory": postgres_url}
+    async with serving(**options) as first, serving(**options) as second:
+        async with ChatConnection(first.url) as conn:
+            await collect_answer(conn, "blue is my colour")
+            session_id = conn.session["session_id"]
+        async with ChatConnection(second.url) as conn:  # as if a load balancer moved us
+            await conn.send({"type": "session.resume", "session_id": session_id})
+            async with asyncio.timeout(WAIT_S):
+                assert (await conn.next_event())["type"] == "session.resumed"
+            events = await collect_answer(conn, "what colour?")
+    assert events[-1]["text"].endswith("you said: blue is my colour.")
