@@ -12,7 +12,7 @@ debian_packages=(
 )
 if [ "${1:-}" = "test" ]; then
   debian_packages+=(
-    alsa-utils          # ALSA's null device for headless playback tests
+    postgresql          # a real PostgreSQL server for the shared-memory test (started by the test)
   )
 fi
 
