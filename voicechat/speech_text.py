@@ -107,19 +107,16 @@ def _inline(text: str, before: str, *, word_ends: bool) -> str:
     `before` is the character just before the piece on its line ("" at the line start).
     """
     mid_word = bool(before) and not before.isspace() and before not in _URL_OPENERS
-
-    def url_to_host(match: re.Match[str]) -> str:
-        if match.start() == 0 and mid_word:
-            return match.group(0)  # "xhttp://": not a URL start
-        return _host(match.group(0))
-
     if not word_ends:
         text += "\x00"  # the last word goes on in the next piece
     text = _IMAGE_OR_LINK.sub(lambda m: m.group(1), text)
     text = _AUTOLINK.sub(lambda m: _host(m.group(1)), text)
     text = _HTML_BREAK.sub(" ", text)
     text = _HTML_TAG.sub("", text)
-    text = _BARE_URL.sub(url_to_host, text)
+    if mid_word:  # "x" + "http://...": a guard stops a URL from starting at the piece's start
+        text = _BARE_URL.sub(lambda m: _host(m.group(0)), "\x01" + text)[1:]
+    else:
+        text = _BARE_URL.sub(lambda m: _host(m.group(0)), text)
     text = _edge_underscores(text.removesuffix("\x00"), before)
     text = text.replace("`", "").replace("*", "").replace("~~", "")
     return _EMOJI.sub("", text)
