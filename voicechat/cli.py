@@ -228,7 +228,7 @@ def ask_command(
     async def run() -> int:
         if not embedded:
             return await ask(text, server_url=server, out=out, json_lines=json_lines)
-        logging.basicConfig(level=logging.WARNING)
+        logging.basicConfig(level=logging.ERROR)  # the answer's own errors are printed by ask
         async with running_server(options, ServerConfig(port=0)) as private:
             return await ask(text, server_url=private.url, out=out, json_lines=json_lines)
 
