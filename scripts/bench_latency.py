@@ -125,6 +125,40 @@ async def before_design_first_audio_ms(script: list[dict[str, Any]], tts: ToneTT
     return 1000 * (time.perf_counter() - start)
 
 
+async def plot_one_answer(
+    script: list[dict[str, Any]], tts: ToneTTS, limit: float, args: argparse.Namespace
+) -> None:
+    """One more answer, in-process with the pipeline's trace on, drawn as a timeline."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from timeline_plot import plot_timeline  # scripts/timeline_plot.py
+
+    from voicechat.llm import LLMSettings, build_backend
+    from voicechat.pipeline import PipelineSettings
+    from voicechat.server import ServerConfig, VoiceChatServer
+
+    trace: list[tuple[str, float, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "script.json"
+        path.write_text(json.dumps(script))
+        backend = build_backend(LLMSettings(spec=f"scripted:{path}"), InMemorySaver())
+    settings = PipelineSettings(
+        tts_concurrency=args.tts_concurrency, trace=lambda *event: trace.append(event)
+    )
+    async with VoiceChatServer(backend, tts, ServerConfig(port=0, pipeline=settings)) as server:
+        async with ChatConnection(server.url) as connection:
+            await connection.send_user_message("Tell me about the moon.")
+            async for event in connection.events():
+                if event["type"] == "response.done":
+                    break
+    start = next(at for kind, at, _ in trace if kind == "start")
+    title = (
+        f"one answer: LLM first token {args.first_token_ms:.0f} ms then "
+        f"{args.tokens_per_s:.0f} tok/s; tone TTS {args.tts_latency_ms:.0f} ms + "
+        f"{args.tts_rtf} x audio; {args.tts_concurrency} TTS in flight"
+    )
+    plot_timeline(trace, start, limit, title, args.plot)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -189,9 +223,7 @@ def main() -> None:
         for key, value in result.items():
             print(f"{key:{width}s}  {value}")
     if args.plot:
-        from timeline_plot import plot_timeline  # scripts/timeline_plot.py
-
-        plot_timeline(answers[-1]["events"], script, args, limit, args.plot)
+        asyncio.run(plot_one_answer(script, tts, limit, args))
         print(f"timeline written to {args.plot}")
 
 

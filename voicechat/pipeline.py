@@ -38,6 +38,10 @@ COMPLETED, CANCELLED, FAILED = "completed", "cancelled", "failed"
 class PipelineSettings:
     tts_concurrency: int = 2
     max_chunk_ms: int = 1000  # one audio.chunk carries at most this much audio
+    # Benchmarks: called with (event, perf_counter time, details) at each step of an answer:
+    # "start" (the message arrived), "delta", "unit" (cut), "tts_start", "tts_end", "audio"
+    # (a chunk queued for the client).
+    trace: Callable[[str, float, dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -110,6 +114,8 @@ class Answer:
 
     async def run(self) -> str:
         """Stream the answer; return COMPLETED or FAILED. Cancellation propagates."""
+        if self.settings.trace:
+            self.settings.trace("start", self.started_at, {"response_id": self.response_id})
         units: asyncio.Queue[_Unit | None] = asyncio.Queue()
         async with asyncio.TaskGroup() as group:
             sender = group.create_task(self._send_in_order(units))
@@ -136,6 +142,8 @@ class Answer:
         def start_units(found: list[str]) -> None:
             nonlocal index
             for text in found:
+                if self.settings.trace:
+                    self.settings.trace("unit", time.perf_counter(), {"index": index, "text": text})
                 unit = _Unit(index, text)
                 index += 1
                 self.segments += 1
@@ -161,12 +169,17 @@ class Answer:
                         speech = "\n" + delta  # a new message is a new sentence
                     message_id = message.id
                 self.text += delta
+                if self.settings.trace:
+                    self.settings.trace("delta", time.perf_counter(), {"text": delta})
                 await self.emit(protocol.text_delta(self.response_id, delta))
                 start_units(segmenter.feed(speech_filter.feed(speech)))
         start_units(segmenter.feed(speech_filter.flush()) + segmenter.flush())
 
     async def _synthesize(self, unit: _Unit) -> None:
+        trace = self.settings.trace
         async with self._tts_slots:
+            if trace:
+                trace("tts_start", time.perf_counter(), {"index": unit.index})
             try:
                 async with aclosing(self.tts.synthesize(unit.text)) as pieces:
                     async for pcm in pieces:
@@ -178,6 +191,9 @@ class Answer:
                 log.exception("TTS engine %s crashed on unit %d", self.tts.name, unit.index)
                 unit.pieces.put_nowait(TTSError(f"{type(exc).__name__}: {exc}"))
                 return
+            finally:
+                if trace:
+                    trace("tts_end", time.perf_counter(), {"index": unit.index})
         unit.pieces.put_nowait(None)
 
     async def _send_in_order(self, units: asyncio.Queue[_Unit | None]) -> None:
@@ -212,6 +228,12 @@ class Answer:
         )
         self._seq += 1
         await self.emit(frame)
+        if self.settings.trace:
+            self.settings.trace(
+                "audio",
+                time.perf_counter(),
+                {"segment": unit.index, "seconds": pcm.samples / pcm.sample_rate},
+            )
 
     def metrics(self) -> dict[str, Any]:
         def since_start(moment: float | None) -> float | None:
