@@ -57,8 +57,9 @@ def plot_timeline(
                     color="tab:green", fontsize=8)  # fmt: skip
     horizon = max((ms(at) for kind, at, _ in trace if kind in ("tts_end", "audio")), default=1.0)
     ax.set_xlim(0, horizon * 1.12)
-    ax.annotate(f"playback goes on until {clock / 1000:.1f} s", (horizon * 1.1, rows["playback"] + 0.25),
-                ha="right", fontsize=8, color="tab:purple")  # fmt: skip
+    note = f"playback goes on until {clock / 1000:.1f} s"
+    ax.annotate(note, (horizon * 1.1, rows["playback"] + 0.25), ha="right", fontsize=8,
+                color="tab:purple")  # fmt: skip
     ax.set_yticks(list(rows.values()), list(rows.keys()))
     ax.set_ylim(-0.8, 4.8)
     ax.set_xlabel("ms since the user's message reached the server")
