@@ -94,8 +94,16 @@ def start_server(script_path: Path, args: argparse.Namespace, port: int) -> subp
     raise SystemExit("server did not start")
 
 
-async def run_answers(url: str, count: int) -> list[dict[str, Any]]:
-    """Ask `count` times, one after another; keep each answer's events with arrival times."""
+async def run_answers(url: str, count: int, turns: int) -> list[dict[str, Any]]:
+    """Ask `count` times, one after another, `turns` answers per conversation."""
+    answers: list[dict[str, Any]] = []
+    while len(answers) < count:
+        answers += await run_conversation(url, min(turns, count - len(answers)))
+    return answers
+
+
+async def run_conversation(url: str, count: int) -> list[dict[str, Any]]:
+    """One connection, `count` answers; keep each answer's events with arrival times."""
     answers = []
     async with ChatConnection(url) as connection:
         for index in range(count):
@@ -170,6 +178,9 @@ def main() -> None:
     parser.add_argument("--tts-rtf", type=float, default=0.1)
     parser.add_argument("--tts-concurrency", type=int, default=2)
     parser.add_argument("--before-runs", type=int, default=3)
+    parser.add_argument(
+        "--turns", type=int, default=1, help="answers per conversation (history grows with it)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot", type=Path, help="save a timeline plot of one answer (PNG)")
     args = parser.parse_args()
@@ -183,9 +194,8 @@ def main() -> None:
         port = free_port()
         server = start_server(script_path, args, port)
         try:
-            answers = asyncio.run(
-                run_answers(f"ws://127.0.0.1:{port}/v1/chat/stream", args.answers)
-            )
+            url = f"ws://127.0.0.1:{port}/v1/chat/stream"
+            answers = asyncio.run(run_answers(url, args.answers, args.turns))
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -201,6 +211,7 @@ def main() -> None:
     llm_total = sum(item["delay_ms"] for item in script)
     result = {
         "answers": len(answers),
+        "turns_per_conversation": args.turns,
         "llm_first_token_ms": args.first_token_ms,
         "llm_tokens_per_s": args.tokens_per_s,
         "llm_total_ms": round(llm_total, 1),

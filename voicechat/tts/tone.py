@@ -8,6 +8,7 @@ engines take longer for longer text), so timelines are known exactly.
 from __future__ import annotations
 
 import asyncio
+import functools
 import zlib
 from collections.abc import AsyncGenerator
 
@@ -16,6 +17,7 @@ import numpy as np
 from voicechat.tts.base import Pcm
 
 
+@functools.lru_cache(maxsize=512)  # benchmarks replay the same units: compute each tone once
 def tone_pcm(text: str, sample_rate: int, ms_per_char: float = 60.0) -> bytes:
     """The exact samples the tone voice produces for `text` (tests compare against this)."""
     duration_ms = max(200.0, ms_per_char * len(text))
