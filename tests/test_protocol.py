@@ -83,3 +83,15 @@ def test_any_frame_parses_or_raises_a_protocol_error_with_a_known_code(frame: st
 def test_server_frames_are_compact_json() -> None:
     frame = protocol.encode(protocol.text_delta("r1", "안녕"))
     assert frame == '{"type":"text.delta","response_id":"r1","text":"안녕"}'
+
+
+def test_an_audio_chunk_frame_is_the_same_json_as_the_slow_path() -> None:
+    import base64
+
+    chunk = protocol.audio_chunk(
+        "r1", seq=3, segment=1, text="Hé \"q\"", sample_rate=22050, samples=2,
+        audio_b64=base64.b64encode(bytes(range(256))).decode(),
+    )  # fmt: skip
+    frame = protocol.encode(chunk)
+    assert json.loads(frame) == chunk
+    assert frame.startswith('{"type":"audio.chunk",')
