@@ -167,3 +167,29 @@ async def test_cancel_closes_the_http_request_in_flight(fish: FishDouble) -> Non
     fish.hold.set()
     assert disconnected
     assert fish.in_flight() == 0
+
+
+async def test_units_spread_over_several_fish_workers_least_busy_first() -> None:
+    holds = [threading.Event() for _ in range(3)]
+    doubles = [FishDouble().start() for _ in range(3)]
+    try:
+        for double, hold in zip(doubles, holds, strict=True):
+            double.hold, double.stream_chunk_bytes, double.serialize = hold, 4096, True
+        tts = FishSpeechTTS([d.url for d in doubles])
+        streams = [tts.synthesize(f"Unit number {i}.") for i in range(3)]
+        firsts = [await anext(stream) for stream in streams]  # three units in flight at once
+        assert all(pcm.samples for pcm in firsts)
+        assert [len([r for r in d.requests if r.path == "/v1/tts"]) for d in doubles] == [1, 1, 1]
+        for hold in holds:
+            hold.set()
+        for stream in streams:
+            async for _ in stream:
+                pass
+        fourth = [pcm async for pcm in tts.synthesize("A fourth one.")]
+        assert b"".join(p.data for p in fourth) == pcm_for_text("A fourth one.")
+        await tts.aclose()
+    finally:
+        for hold in holds:
+            hold.set()
+        for double in doubles:
+            double.stop()

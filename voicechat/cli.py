@@ -62,7 +62,10 @@ SpeakingRate = Annotated[
 ]
 ToneLatency = Annotated[float, _option("--tone-latency-ms", "Simulated tone TTS delay per unit.")]
 ToneRtf = Annotated[float, _option("--tone-rtf", "Simulated tone TTS time per second of audio.")]
-FishUrl = Annotated[str, _option("--fish-url", "Fish Speech API server.")]
+FishUrl = Annotated[
+    list[str],
+    _option("--fish-url", "Fish Speech API server; repeat for several workers (least busy first)."),
+]
 FishApiKey = Annotated[str | None, _option("--fish-api-key", "Fish Speech --api-key.")]
 FishReferenceId = Annotated[str | None, _option("--fish-reference-id", "A saved Fish voice.")]
 FishStreaming = Annotated[
@@ -86,7 +89,13 @@ def _setup_logging(level: str) -> None:
 def _backend_options(flags: dict[str, Any]) -> BackendOptions:
     """The back-end options among a command's flags (commands share the flag names)."""
     names = {field.name for field in fields(BackendOptions)}
-    return BackendOptions(**{name: value for name, value in flags.items() if name in names})
+    return BackendOptions(
+        **{
+            name: tuple(value) if isinstance(value, list) else value
+            for name, value in flags.items()
+            if name in names
+        }
+    )
 
 
 @asynccontextmanager
@@ -127,7 +136,7 @@ def serve(
     speaking_rate: SpeakingRate = DEFAULTS.speaking_rate,
     tone_latency_ms: ToneLatency = 0.0,
     tone_rtf: ToneRtf = 0.0,
-    fish_url: FishUrl = DEFAULTS.fish_url,
+    fish_url: FishUrl = list(DEFAULTS.fish_url),  # noqa: B006
     fish_api_key: FishApiKey = None,
     fish_reference_id: FishReferenceId = None,
     fish_streaming: FishStreaming = True,
@@ -212,7 +221,7 @@ def ask_command(
     speaking_rate: SpeakingRate = DEFAULTS.speaking_rate,
     tone_latency_ms: ToneLatency = 0.0,
     tone_rtf: ToneRtf = 0.0,
-    fish_url: FishUrl = DEFAULTS.fish_url,
+    fish_url: FishUrl = list(DEFAULTS.fish_url),  # noqa: B006
     fish_api_key: FishApiKey = None,
     fish_reference_id: FishReferenceId = None,
     fish_streaming: FishStreaming = True,

@@ -37,7 +37,7 @@ class BackendOptions:
     speaking_rate: float = 1.0
     tone_latency_ms: float = 0.0
     tone_rtf: float = 0.0
-    fish_url: str = "http://127.0.0.1:8080"
+    fish_url: tuple[str, ...] = ("http://127.0.0.1:8080",)
     fish_api_key: str | None = None
     fish_reference_id: str | None = None
     fish_streaming: bool = True
@@ -50,7 +50,7 @@ def build_tts(options: BackendOptions) -> TTSEngine:
         return ToneTTS(latency_ms=options.tone_latency_ms, rtf=options.tone_rtf)
     if options.tts == "fish":
         return FishSpeechTTS(
-            options.fish_url,
+            list(options.fish_url),
             api_key=options.fish_api_key,
             reference_id=options.fish_reference_id,
             streaming=options.fish_streaming,

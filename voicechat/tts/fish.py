@@ -29,7 +29,7 @@ class FishSpeechTTS:
 
     def __init__(
         self,
-        url: str = "http://127.0.0.1:8080",
+        url: str | list[str] = "http://127.0.0.1:8080",
         *,
         api_key: str | None = None,
         reference_id: str | None = None,
@@ -38,12 +38,18 @@ class FishSpeechTTS:
         connect_timeout_s: float = 5.0,
         max_connections: int = 16,
     ) -> None:
-        self.url = url.rstrip("/")
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("Fish Speech needs at least one URL")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.url = self.urls[0]
+        # Each Fish Speech worker serves one request at a time: send a unit to the least busy.
+        self._busy = dict.fromkeys(self.urls, 0)
+        self._turn = 0  # breaks ties in turn, so idle workers share the load
         self.reference_id = reference_id
         self.streaming = streaming
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
-            base_url=self.url,
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=max_connections),
@@ -60,11 +66,26 @@ class FishSpeechTTS:
             body["reference_id"] = self.reference_id
         return msgpack.packb(body)
 
+    def _pick_url(self) -> str:
+        self._turn += 1
+        count = len(self.urls)
+        order = [self.urls[(self._turn + i) % count] for i in range(count)]
+        return min(order, key=self._busy.__getitem__)
+
     async def synthesize(self, text: str) -> AsyncGenerator[Pcm, None]:
+        url = self._pick_url()
+        self._busy[url] += 1
+        try:
+            async for pcm in self._synthesize_at(url, text):
+                yield pcm
+        finally:
+            self._busy[url] -= 1
+
+    async def _synthesize_at(self, url: str, text: str) -> AsyncGenerator[Pcm, None]:
         try:
             async with self._client.stream(
                 "POST",
-                "/v1/tts",
+                f"{url}/v1/tts",
                 content=self._request_body(text),
                 headers={"Content-Type": "application/msgpack"},
             ) as response:
@@ -80,7 +101,7 @@ class FishSpeechTTS:
                         raise TTSError(f"Fish Speech sent unusable audio: {exc}") from None
                     yield Pcm(data, rate)
         except httpx.HTTPError as exc:
-            raise TTSError(f"Fish Speech at {self.url}: {type(exc).__name__}: {exc}") from None
+            raise TTSError(f"Fish Speech at {url}: {type(exc).__name__}: {exc}") from None
 
     async def aclose(self) -> None:
         await self._client.aclose()
