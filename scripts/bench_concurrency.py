@@ -62,7 +62,8 @@ async def one_session(url: str, delay_s: float, opened: asyncio.Event) -> dict[s
                 if event["type"] == "error":
                     return {"error": event["code"]}
                 if event["type"] == "response.done":
-                    return {"metrics": event["metrics"], "status": event["status"], "chunks": chunks}
+                    status = event["status"]
+                    return {"metrics": event["metrics"], "status": status, "chunks": chunks}
     except Exception as exc:
         return {"error": type(exc).__name__}
     return {"error": "closed"}
@@ -75,8 +76,10 @@ async def run_level(url: str, sessions: int, arrival_s: float, pid: int) -> dict
         asyncio.create_task(one_session(url, arrival_s * i / max(1, sessions), opened))
         for i in range(sessions)
     ]
-    while len(os.listdir(f"/proc/{pid}/fd")) < sessions and not all(t.done() for t in tasks):
-        await asyncio.sleep(0.05)  # wait until the server holds every connection
+    while len(os.listdir(f"/proc/{pid}/fd")) < sessions and not all(  # noqa: ASYNC110
+        t.done() for t in tasks
+    ):
+        await asyncio.sleep(0.05)  # polls another process's fd count: no event to wait on
     rss_connected = rss_mb(pid)
     cpu_before, wall_before = cpu_seconds(pid), time.perf_counter()
     opened.set()
@@ -102,7 +105,7 @@ def main() -> None:
     parser.add_argument("--tts-latency-ms", type=float, default=100.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
     script = make_script(args.first_token_ms, args.tokens_per_s)

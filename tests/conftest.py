@@ -100,7 +100,7 @@ async def running_server(
 ) -> AsyncIterator[VoiceChatServer]:
     pipeline = PipelineSettings(**config.pop("pipeline", {}))
     server = VoiceChatServer(
-        backend, tts or ToneTTS(), ServerConfig(port=0, pipeline=pipeline, **config)
+        backend, tts or ToneTTS(), ServerConfig(**{"port": 0, **config}, pipeline=pipeline)
     )
     await server.start()
     try:

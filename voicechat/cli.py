@@ -9,13 +9,14 @@ import asyncio
 import logging
 import signal
 import sys
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from voicechat.audio.player import AudioPlayer, AudioUnavailable, list_output_devices
 from voicechat.client.ask import EXIT_USAGE, ask
 from voicechat.client.connection import DEFAULT_SERVER_URL
 from voicechat.config import BackendOptions, ConfigError, open_backends
@@ -38,6 +39,15 @@ def _option(name: str, help: str, **kwargs: Any) -> Any:
     env = "VOICECHAT_" + name.split("/")[0].lstrip("-").replace("-", "_").upper()
     return typer.Option(name, envvar=env, help=help, **kwargs)
 
+
+# Audio flags, shared by `ask --play` and `talk`.
+Device = Annotated[
+    str | None,
+    _option("--device", "Audio output: an index or name from --list-devices, or null."),
+]
+ListDevices = Annotated[
+    bool, typer.Option("--list-devices", help="List audio output devices and exit.")
+]
 
 # Back-end flags, shared by `serve` and `ask --embedded` (their names match BackendOptions).
 Llm = Annotated[
@@ -193,7 +203,9 @@ async def _serve_until_signal(options: BackendOptions, config: ServerConfig) -> 
 
 @app.command("ask")
 def ask_command(
-    text: Annotated[str, typer.Argument(help="The message; '-' reads it from standard input.")],
+    text: Annotated[
+        str | None, typer.Argument(help="The message; '-' reads it from standard input.")
+    ] = None,
     server: Annotated[str, _option("--server", "Server WebSocket URL.")] = DEFAULT_SERVER_URL,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the answer's audio to this WAV file.")
@@ -201,6 +213,11 @@ def ask_command(
     json_lines: Annotated[
         bool, typer.Option("--json", help="Print every server message as one JSON line.")
     ] = False,
+    play: Annotated[
+        bool, typer.Option("--play", help="Play the answer on the speakers as it arrives.")
+    ] = False,
+    device: Device = None,
+    list_devices: ListDevices = False,
     embedded: Annotated[
         bool,
         typer.Option(
@@ -227,25 +244,107 @@ def ask_command(
     fish_streaming: FishStreaming = True,
 ) -> None:
     """Ask one question: text to stdout, audio to --out. Exit 0 ok, 1 failed, 3 unreachable."""
+    if list_devices:
+        _print_devices()
     if text == "-":
         text = sys.stdin.read()
-    if not text.strip():
+    if not text or not text.strip():
         typer.echo("voicechat: the message is empty", err=True)
         raise typer.Exit(EXIT_USAGE)
     options = _backend_options(locals())
 
-    async def run() -> int:
+    async def run(player: AudioPlayer | None) -> int:
+        kwargs: dict[str, Any] = {"out": out, "json_lines": json_lines, "player": player}
         if not embedded:
-            return await ask(text, server_url=server, out=out, json_lines=json_lines)
+            return await ask(text, server_url=server, **kwargs)
         logging.basicConfig(level=logging.ERROR)  # the answer's own errors are printed by ask
         async with running_server(options, ServerConfig(port=0)) as private:
-            return await ask(text, server_url=private.url, out=out, json_lines=json_lines)
+            return await ask(text, server_url=private.url, **kwargs)
 
     try:
-        code = _run(run())
+        with ExitStack() as stack:
+            player = stack.enter_context(_open_player(device)) if play else None
+            code = _run(run(player))
+    except AudioUnavailable as exc:
+        typer.echo(f"voicechat: {exc} (see --list-devices)", err=True)
+        code = EXIT_USAGE
     except KeyboardInterrupt:
         code = 130
     raise typer.Exit(code)
+
+
+@app.command()
+def talk(
+    server: Annotated[
+        str | None,
+        _option("--server", "Connect to this server instead of starting an embedded one."),
+    ] = None,
+    device: Device = None,
+    list_devices: ListDevices = False,
+    llm: Llm = DEFAULTS.llm,
+    llm_model_path: LlmModelPath = None,
+    max_tokens: MaxTokens = DEFAULTS.max_tokens,
+    system_prompt: SystemPrompt = None,
+    openai_base_url: OpenaiBaseUrl = None,
+    openai_model: OpenaiModel = DEFAULTS.openai_model,
+    memory: Memory = DEFAULTS.memory,
+    tts: Tts = DEFAULTS.tts,
+    piper_model: PiperModel = None,
+    speaking_rate: SpeakingRate = DEFAULTS.speaking_rate,
+    tone_latency_ms: ToneLatency = 0.0,
+    tone_rtf: ToneRtf = 0.0,
+    fish_url: FishUrl = list(DEFAULTS.fish_url),  # noqa: B006
+    fish_api_key: FishApiKey = None,
+    fish_reference_id: FishReferenceId = None,
+    fish_streaming: FishStreaming = True,
+) -> None:
+    """Chat and hear the answers: Enter sends, Esc stops speaking, Ctrl+T mutes, Ctrl+Q quits.
+
+    Without --server, an embedded server with the back-end options below runs inside this
+    process on a free loopback port, and stops when you quit.
+    """
+    from textual.logging import TextualHandler
+
+    from voicechat.tui.app import VoiceChatApp
+
+    if list_devices:
+        _print_devices()
+    options = _backend_options(locals())
+    logging.basicConfig(level=logging.WARNING, handlers=[TextualHandler()], force=True)
+    app_ = VoiceChatApp(
+        server,
+        device=_parse_device(device),
+        server_factory=lambda: running_server(options, ServerConfig(port=0)),
+    )
+    app_.run()
+
+
+def _parse_device(device: str | None) -> int | str | None:
+    """A device index ("3") or a name ("pulse", "null")."""
+    if device is None or device == "":
+        return None
+    return int(device) if device.isdigit() else device
+
+
+def _open_player(device: str | None) -> AudioPlayer:
+    return AudioPlayer(_parse_device(device))
+
+
+def _print_devices() -> None:
+    """--list-devices: print the output devices and exit."""
+    try:
+        devices = list_output_devices()
+    except OSError as exc:
+        typer.echo(f"voicechat: PortAudio is not available ({exc})", err=True)
+        raise typer.Exit(1) from None
+    for dev in devices:
+        mark = "*" if dev["default"] else " "
+        typer.echo(
+            f"{mark} {dev['index']:>3}  {dev['name']}  ({dev['hostapi']}, "
+            f"{dev['channels']} ch, {dev['sample_rate']} Hz)"
+        )
+    typer.echo("  null  (no sound: a silent output paced like a sound card)")
+    raise typer.Exit(0)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`voicechat ask`: one prompt, the answer's text to stdout, its audio to a WAV file.
+"""`voicechat ask`: one prompt, the answer's text to stdout, its audio to a WAV file or speakers.
 
 Exit codes (docs/cli.md): 0 the answer completed; 1 it failed or was cancelled; 2 usage error;
 3 the server cannot be reached or went away.
@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from voicechat.audio.player import AudioPlayer
 from voicechat.audio.wav import decode_wav, encode_wav, resample
 from voicechat.client.connection import ChatConnection, ConnectionLost, ServerUnavailable
 
@@ -52,10 +53,15 @@ async def ask(
     server_url: str,
     out: Path | None = None,
     json_lines: bool = False,
+    player: AudioPlayer | None = None,
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
 ) -> int:
-    """Send one message, stream the answer; return the exit code."""
+    """Send one message, stream the answer; return the exit code.
+
+    With a `player`, chunks play as they arrive; the call returns once the last one was heard,
+    and with `json_lines` a last `playback` line reports samples played and underruns.
+    """
     audio = AudioCollector()
     status = "failed"
     try:
@@ -72,6 +78,8 @@ async def ask(
                         print(event["text"], end="", file=stdout, flush=True)
                 elif kind == "audio.chunk":
                     audio.add(event)
+                    if player is not None:
+                        player.enqueue_wav(base64.b64decode(event["audio"]), event["segment"])
                 elif kind == "error":
                     print(f"voicechat: {event['code']}: {event['message']}", file=stderr)
                     if event.get("response_id") is None:
@@ -88,6 +96,17 @@ async def ask(
     finally:
         if out is not None and audio.sample_rate is not None:
             audio.write(out)
+        if player is not None:
+            player.finish()
+    if player is not None:
+        await player.wait_drained()
+        if json_lines:
+            report = {
+                "type": "playback",
+                "sample_rate": player.sample_rate,
+                **player.stats.as_dict(),
+            }
+            print(json.dumps(report), file=stdout, flush=True)
     if not json_lines:
         print(file=stdout)
     if out is not None and audio.sample_rate is None:

@@ -24,16 +24,28 @@ class ConnectionLost(Exception):
 class ChatConnection:
     """One WebSocket session; `session` holds the server's session.created message."""
 
-    def __init__(self, url: str = DEFAULT_SERVER_URL, *, open_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_SERVER_URL,
+        *,
+        open_timeout: float = 10.0,
+        token: str | None = None,
+    ) -> None:
         self.url = url
         self.open_timeout = open_timeout
+        self.token = token  # sent as `Authorization: Bearer`, never in the URL
         self.session: dict[str, Any] = {}
         self._ws: ClientConnection | None = None
 
     async def __aenter__(self) -> ChatConnection:
         try:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
             self._ws = await connect(
-                self.url, open_timeout=self.open_timeout, compression=None, max_size=4 * 2**20
+                self.url,
+                open_timeout=self.open_timeout,
+                compression=None,
+                max_size=4 * 2**20,
+                additional_headers=headers,
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise ServerUnavailable(f"cannot connect to {self.url}: {_reason(exc)}") from None
