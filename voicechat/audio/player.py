@@ -289,7 +289,8 @@ def output_sample_rate(device: int | str | None) -> int:
     try:
         info = sd.query_devices(device, "output")
     except (sd.PortAudioError, ValueError) as exc:
-        raise AudioUnavailable(f"no audio output device {device or ''}: {exc}".strip()) from None
+        what = "no audio output device" if device is None else f"no audio output device {device!r}"
+        raise AudioUnavailable(f"{what} ({exc})") from None
     return int(info["default_samplerate"])
 
 

@@ -156,7 +156,7 @@ class VoiceChatApp(App[None]):
             self.player = AudioPlayer(self.device)
         except AudioUnavailable as exc:
             self.audio_note = "no audio device: text only"
-            self._notice(f"{exc}. Chatting as text only (see `voicechat talk --list-devices`).")
+            self._notice(f"{str(exc).capitalize()}: text only (see `voicechat talk --list-devices`).")
             self.player = AudioPlayer("null")
         self.player.__enter__()
 
