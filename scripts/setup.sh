@@ -13,6 +13,8 @@ debian_packages=(
 if [ "${1:-}" = "test" ]; then
   debian_packages+=(
     postgresql          # a real PostgreSQL server for the shared-memory test (started by the test)
+    libasound2-plugins  # ALSA's "pulse" pcm, through which PortAudio reaches PulseAudio
+    pulseaudio          # a private sound server with a null sink: real-time output without a card
   )
 fi
 

@@ -20,6 +20,13 @@ from voicechat.server import ServerConfig, VoiceChatServer
 from voicechat.tts.base import Pcm, TTSEngine, TTSError
 from voicechat.tts.tone import ToneTTS
 
+from .audio_fixtures import (  # noqa: F401  (fixtures: pytest finds them by name here)
+    audio_env,
+    null_audio_device,
+    paced_audio_device,
+    paced_audio_monitor,
+)
+
 WAIT_S = 20.0  # upper bound for any single wait in a test: a hang fails instead of blocking CI
 
 
