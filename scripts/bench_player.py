@@ -24,17 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.audio_env import (  # noqa: E402
+from tests.audio_env import (
     PACED_DEVICE,
     reinitialize_portaudio,
     start_pulse,
     write_alsa_config,
 )
-from voicechat.audio.player import AudioPlayer  # noqa: E402
-from voicechat.cli import running_server  # noqa: E402
-from voicechat.client.ask import ask  # noqa: E402
-from voicechat.config import BackendOptions  # noqa: E402
-from voicechat.server import ServerConfig  # noqa: E402
+from voicechat.audio.player import AudioPlayer
+from voicechat.cli import running_server
+from voicechat.client.ask import ask
+from voicechat.config import BackendOptions
+from voicechat.server import ServerConfig
 
 PROMPTS = ["Tell me about the moon.", "What is rain?", "Describe a cat.", "Why is the sky blue?"]
 

@@ -156,7 +156,8 @@ class VoiceChatApp(App[None]):
             self.player = AudioPlayer(self.device)
         except AudioUnavailable as exc:
             self.audio_note = "no audio device: text only"
-            self._notice(f"{str(exc).capitalize()}: text only (see `voicechat talk --list-devices`).")
+            hint = "see `voicechat talk --list-devices`"
+            self._notice(f"{str(exc).capitalize()}: text only ({hint}).")
             self.player = AudioPlayer("null")
         self.player.__enter__()
 
