@@ -73,7 +73,7 @@ class ChatConnection:
         try:
             await self.ws.send(json.dumps(message))
         except ConnectionClosed as exc:
-            raise ConnectionLost(f"server closed the connection ({exc})") from None
+            raise ConnectionLost(_closed(exc)) from None
 
     async def send_user_message(self, text: str, message_id: str | None = None) -> None:
         message: dict[str, Any] = {"type": "user.message", "text": text}
@@ -88,7 +88,7 @@ class ChatConnection:
         try:
             frame = await self.ws.recv()
         except ConnectionClosed as exc:
-            raise ConnectionLost(f"server closed the connection ({exc})") from None
+            raise ConnectionLost(_closed(exc)) from None
         event = json.loads(frame)
         if not isinstance(event, dict):
             raise ConnectionLost("server sent a frame that is not a JSON object")
@@ -97,6 +97,15 @@ class ChatConnection:
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         while True:
             yield await self.next_event()
+
+
+def _closed(exc: ConnectionClosed) -> str:
+    """One line: who closed, the code and the reason the server gave."""
+    close = exc.rcvd or exc.sent
+    if close is None:
+        return "the connection to the server was lost"
+    reason = f": {close.reason}" if close.reason else ""
+    return f"server closed the connection ({close.code}){reason}"
 
 
 def _reason(exc: BaseException) -> str:

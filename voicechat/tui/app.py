@@ -236,6 +236,8 @@ class VoiceChatApp(App[None]):
             self._finish_answer(event)
         elif kind == "session.resumed":
             self.session_id = event.get("session_id", self.session_id)
+            count = event.get("messages", 0)
+            self._notice(f"Reconnected: the conversation continues ({count} messages kept).")
         elif kind == "error":
             self._on_error(event)
 
@@ -354,7 +356,8 @@ class VoiceChatApp(App[None]):
             return "no audio"
         state = "muted" if player.muted else ("playing" if player.queue.busy else "idle")
         note = f" ({self.audio_note})" if self.audio_note else ""
-        return f"{state}{note} · {player.stats.underruns} underruns"
+        underruns = player.stats.underruns
+        return f"{state}{note} · {underruns} underrun{'' if underruns == 1 else 's'}"
 
     def status_text(self) -> str:
         parts = [self.connection_state]
