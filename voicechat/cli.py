@@ -21,7 +21,7 @@ from voicechat.client.ask import EXIT_USAGE, ask
 from voicechat.client.connection import DEFAULT_SERVER_URL
 from voicechat.config import BackendOptions, ConfigError, open_backends
 from voicechat.pipeline import PipelineSettings
-from voicechat.server import ServerConfig, VoiceChatServer
+from voicechat.server import ServerConfig, VoiceChatServer, exposure_problem, is_loopback
 
 app = typer.Typer(
     name="voicechat",
@@ -39,6 +39,12 @@ def _option(name: str, help: str, **kwargs: Any) -> Any:
     env = "VOICECHAT_" + name.split("/")[0].lstrip("-").replace("-", "_").upper()
     return typer.Option(name, envvar=env, help=help, **kwargs)
 
+
+# Sent by the clients, required by the server when set (docs/security.md).
+Token = Annotated[
+    str | None,
+    _option("--token", "Shared secret: the server requires it, clients send it (Bearer)."),
+]
 
 # Audio flags, shared by `ask --play` and `talk`.
 Device = Annotated[
@@ -85,6 +91,8 @@ FishStreaming = Annotated[
 LogLevel = Annotated[str, _option("--log-level", "debug, info, warning or error.")]
 
 DEFAULTS = BackendOptions()
+LIMITS = ServerConfig()
+PIPELINE = PipelineSettings()
 
 
 def _setup_logging(level: str) -> None:
@@ -157,20 +165,74 @@ def serve(
         int, _option("--max-text-chars", "Longest user.message text.", min=1)
     ] = 4000,
     max_frame_bytes: Annotated[
-        int, _option("--max-frame-bytes", "Largest incoming frame (bytes).", min=1024)
-    ] = 256 * 1024,
+        int,
+        _option(
+            "--max-frame-bytes", "Largest incoming frame (bytes); over it: close 1009.", min=1024
+        ),
+    ] = LIMITS.max_frame_bytes,
+    max_connections: Annotated[
+        int, _option("--max-connections", "Open connections; over it: HTTP 503.", min=1)
+    ] = LIMITS.max_connections,
+    messages_per_minute: Annotated[
+        int, _option("--messages-per-minute", "Per connection (bursts of 20).", min=1)
+    ] = LIMITS.messages_per_minute,
+    idle_timeout: Annotated[
+        float, _option("--idle-timeout", "Seconds without a message or an answer: close.", min=1)
+    ] = LIMITS.idle_timeout_s,
+    ping_interval: Annotated[
+        float, _option("--ping-interval", "Keepalive ping every N s; no pong in N s: drop.", min=1)
+    ] = 20.0,
+    slow_client_timeout: Annotated[
+        float,
+        _option("--slow-client-timeout", "Seconds a client may leave its queue full.", min=0.1),
+    ] = LIMITS.slow_client_timeout_s,
+    max_answer_tokens: Annotated[
+        int, _option("--max-answer-tokens", "Longest answer in LLM tokens, any back end.", min=1)
+    ] = PIPELINE.max_answer_tokens,
+    max_answer_audio: Annotated[
+        float, _option("--max-answer-audio", "Longest answer in seconds of audio.", min=1)
+    ] = PIPELINE.max_answer_audio_s,
+    token: Token = None,
+    allow_origin: Annotated[
+        list[str],
+        _option("--allow-origin", "A browser origin allowed to connect; repeat for several."),
+    ] = [],  # noqa: B006
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Allow a non-loopback --host without a --token."),
+    ] = False,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the voicechat WebSocket server (WS /v1/chat/stream, GET /healthz)."""
     _setup_logging(log_level)
+    if problem := exposure_problem(host, token, insecure):
+        typer.echo(f"voicechat: {problem}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    if token and len(token) < 16:
+        typer.echo("voicechat: --token is too short (16 characters or more)", err=True)
+        raise typer.Exit(EXIT_USAGE)
     options = _backend_options(locals())
     config = ServerConfig(
         host=host,
         port=port,
         max_text_chars=max_text_chars,
         max_frame_bytes=max_frame_bytes,
-        pipeline=PipelineSettings(tts_concurrency=tts_concurrency),
+        max_connections=max_connections,
+        messages_per_minute=messages_per_minute,
+        idle_timeout_s=idle_timeout,
+        ping_interval_s=ping_interval,
+        ping_timeout_s=ping_interval,
+        slow_client_timeout_s=slow_client_timeout,
+        token=token or None,
+        allow_origins=tuple(allow_origin),
+        pipeline=PipelineSettings(
+            tts_concurrency=tts_concurrency,
+            max_answer_tokens=max_answer_tokens,
+            max_answer_audio_s=max_answer_audio,
+        ),
     )
+    if not is_loopback(host) and not token:
+        log.warning("serving on %s without a token (--insecure)", host)
     try:
         code = _run(_serve_until_signal(options, config))
     except OSError as exc:
@@ -218,6 +280,7 @@ def ask_command(
     ] = False,
     device: Device = None,
     list_devices: ListDevices = False,
+    token: Token = None,
     embedded: Annotated[
         bool,
         typer.Option(
@@ -254,11 +317,13 @@ def ask_command(
     options = _backend_options(locals())
 
     async def run(player: AudioPlayer | None) -> int:
-        kwargs: dict[str, Any] = {"out": out, "json_lines": json_lines, "player": player}
+        kwargs: dict[str, Any] = {
+            "out": out, "json_lines": json_lines, "player": player, "token": token
+        }  # fmt: skip
         if not embedded:
             return await ask(text, server_url=server, **kwargs)
         logging.basicConfig(level=logging.ERROR)  # the answer's own errors are printed by ask
-        async with running_server(options, ServerConfig(port=0)) as private:
+        async with running_server(options, ServerConfig(port=0, token=token)) as private:
             return await ask(text, server_url=private.url, **kwargs)
 
     try:
@@ -281,6 +346,7 @@ def talk(
     ] = None,
     device: Device = None,
     list_devices: ListDevices = False,
+    token: Token = None,
     llm: Llm = DEFAULTS.llm,
     llm_model_path: LlmModelPath = None,
     max_tokens: MaxTokens = DEFAULTS.max_tokens,
@@ -314,7 +380,8 @@ def talk(
     app_ = VoiceChatApp(
         server,
         device=_parse_device(device),
-        server_factory=lambda: running_server(options, ServerConfig(port=0)),
+        server_factory=lambda: running_server(options, ServerConfig(port=0, token=token)),
+        token=token,
     )
     app_.run()
 

@@ -34,10 +34,18 @@ Emit = Callable[[dict[str, Any]], Awaitable[None]]
 COMPLETED, CANCELLED, FAILED = "completed", "cancelled", "failed"
 
 
+class ClientGone(Exception):
+    """Raised by `emit` when the client can take no more frames; ends the answer quietly."""
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     tts_concurrency: int = 2
     max_chunk_ms: int = 1000  # one audio.chunk carries at most this much audio
+    # The longest answer: text deltas from the LLM (about one token each) and seconds of audio.
+    # Past either, generation stops and response.done says `"truncated": "max_tokens"|"max_audio"`.
+    max_answer_tokens: int = 4000
+    max_answer_audio_s: float = 600.0
     # Benchmarks: called with (event, perf_counter time, details) at each step of an answer:
     # "start" (the message arrived), "delta", "unit" (cut), "tts_start", "tts_end", "audio"
     # (a chunk queued for the client).
@@ -107,6 +115,7 @@ class Answer:
         self.done_sent = False  # set by the session once response.done is queued
         self._tts_slots = asyncio.Semaphore(max(1, settings.tts_concurrency))
         self._tts_tasks: list[asyncio.Task[None]] = []
+        self.truncated: str | None = None  # which limit ended the answer early, if one did
 
     @property
     def config(self) -> dict[str, Any]:
@@ -121,6 +130,8 @@ class Answer:
             sender = group.create_task(self._send_in_order(units))
             try:
                 await self._stream_text(group, units)
+            except ClientGone:
+                raise
             except Exception as exc:  # the LLM failed: nothing more of this answer is sent
                 log.warning("LLM failed in response %s: %r", self.response_id, exc)
                 for task in (sender, *self._tts_tasks):
@@ -141,6 +152,8 @@ class Answer:
 
         def start_units(found: list[str]) -> None:
             nonlocal index
+            if self.truncated == "max_audio":
+                return  # nothing more will be sent: synthesise nothing more
             for text in found:
                 if self.settings.trace:
                     self.settings.trace("unit", time.perf_counter(), {"index": index, "text": text})
@@ -154,8 +167,11 @@ class Answer:
             {"messages": [HumanMessage(self.user_text)]}, self.config, stream_mode="messages"
         )
         message_id: str | None = None
+        deltas = 0
         async with aclosing(stream):
             async for message, metadata in stream:
+                if self.truncated:
+                    break  # the audio limit was reached: stop the LLM too
                 if not is_spoken(message, metadata):
                     continue
                 delta = message_text(message)
@@ -173,6 +189,11 @@ class Answer:
                     self.settings.trace("delta", time.perf_counter(), {"text": delta})
                 await self.emit(protocol.text_delta(self.response_id, delta))
                 start_units(segmenter.feed(speech_filter.feed(speech)))
+                deltas += 1
+                if deltas >= self.settings.max_answer_tokens:
+                    self.truncated = self.truncated or "max_tokens"
+                    log.info("response %s stopped at %d tokens", self.response_id, deltas)
+                    break
         start_units(segmenter.feed(speech_filter.flush()) + segmenter.flush())
 
     async def _synthesize(self, unit: _Unit) -> None:
@@ -210,8 +231,20 @@ class Answer:
                     )
                     break
                 for part in split_pcm(piece, self.settings.max_chunk_ms):
+                    if self.audio_ms + 1000 * part.samples / part.sample_rate > (
+                        1000 * self.settings.max_answer_audio_s
+                    ):
+                        self._stop_at_audio_limit()
+                        return
                     await self._send_audio(unit, part, first)
                     first = False
+
+    def _stop_at_audio_limit(self) -> None:
+        """Enough audio: no more synthesis, no more generation; the answer ends normally."""
+        self.truncated = "max_audio"
+        log.info("response %s stopped at %.0f s of audio", self.response_id, self.audio_ms / 1000)
+        for task in self._tts_tasks:
+            task.cancel()
 
     async def _send_audio(self, unit: _Unit, pcm: Pcm, first: bool) -> None:
         if self.first_audio_at is None:
@@ -248,7 +281,10 @@ class Answer:
         }
 
     def done_frame(self, status: str) -> dict[str, Any]:
-        return protocol.response_done(self.response_id, status, self.text, self.metrics())
+        frame = protocol.response_done(self.response_id, status, self.text, self.metrics())
+        if self.truncated:
+            frame["truncated"] = self.truncated
+        return frame
 
     async def keep_partial_text(self) -> None:
         """After a cancel or failure: keep what was said, so turns still alternate."""

@@ -23,6 +23,17 @@ TTS_FAILED = "tts_failed"
 LLM_FAILED = "llm_failed"
 INTERNAL = "internal"
 UNKNOWN_SESSION = "unknown_session"
+RATE_LIMITED = "rate_limited"
+
+# Close codes and what they mean here.
+CLOSE_POLICY = 1008  # no or wrong token; a client that stopped reading
+CLOSE_TOO_BIG = 1009  # a frame over --max-frame-bytes (sent by the websockets library)
+CLOSE_IDLE = 1000  # idle timeout: a normal closure, with the reason "idle timeout"
+
+# A browser cannot set an Authorization header on a WebSocket; it can offer subprotocols.
+# `new WebSocket(url, ["voicechat.v1", "voicechat.token." + token])`: the server answers with
+# "voicechat.v1", so the token never appears in a URL or in the response.
+TOKEN_SUBPROTOCOL_PREFIX = "voicechat.token."
 
 MAX_ID_CHARS = 200
 

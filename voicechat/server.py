@@ -9,21 +9,33 @@ after a response's `response.done` nothing of it is ever sent.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Origin, Subprotocol
 
 from voicechat import protocol
 from voicechat.llm import ChatBackend
-from voicechat.pipeline import CANCELLED, COMPLETED, FAILED, Answer, Emit, PipelineSettings
+from voicechat.pipeline import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    Answer,
+    ClientGone,
+    Emit,
+    PipelineSettings,
+)
 from voicechat.tts.base import TTSEngine
 
 log = logging.getLogger(__name__)
@@ -31,13 +43,66 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """Every limit the server enforces; docs/security.md explains each default."""
+
     host: str = "127.0.0.1"
     port: int = 8765
     max_text_chars: int = 4000  # one user.message; over it: error too_large
     max_frame_bytes: int = 256 * 1024  # one incoming frame; over it: close 1009
+    max_connections: int = 500  # open sessions; over it the handshake gets HTTP 503
+    messages_per_minute: int = 120  # per connection, with bursts of `message_burst`
+    message_burst: int = 20
+    idle_timeout_s: float = 600.0  # no message and no answer for this long: close 1000
+    ping_interval_s: float | None = 20.0  # keepalive pings (the websockets library's own)
+    ping_timeout_s: float | None = 20.0  # no pong in time: the connection is dropped
+    slow_client_timeout_s: float = 15.0  # outbound queue full this long: close 1008
     outbound_frames: int = 64  # frames queued per connection before the answer waits
     shutdown_grace_s: float = 5.0  # time to flush the last frames to each client on shutdown
+    token: str | None = None  # when set, every client must present it
+    allow_origins: tuple[str, ...] = ()  # browser origins allowed; clients without Origin always
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def exposure_problem(host: str, token: str | None, insecure: bool) -> str | None:
+    """Why serving on `host` as configured would be unsafe, or None."""
+    if is_loopback(host) or token or insecure:
+        return None
+    return (
+        f"refusing to listen on {host} without a token: anyone who can reach it could use "
+        "your LLM and TTS. Set --token (or VOICECHAT_TOKEN), or say --insecure"
+    )
+
+
+def presented_token(headers: Headers) -> str | None:
+    """The token from `Authorization: Bearer ...`, or from a `voicechat.token.*` subprotocol."""
+    authorization = headers.get("Authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    for header in headers.get_all("Sec-WebSocket-Protocol"):
+        for offered in header.split(","):
+            offered = offered.strip()
+            if offered.startswith(protocol.TOKEN_SUBPROTOCOL_PREFIX):
+                return offered[len(protocol.TOKEN_SUBPROTOCOL_PREFIX) :]
+    return None
+
+
+def token_matches(presented: str | None, expected: str) -> bool:
+    """Constant-time comparison, so response timing does not reveal the token."""
+    return presented is not None and hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), expected.encode("utf-8")
+    )
+
+
+def _select_subprotocol(
+    connection: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """Answer "voicechat.v1" when offered; never echo a token subprotocol."""
+    return Subprotocol(protocol.PROTOCOL) if protocol.PROTOCOL in offered else None
 
 
 class VoiceChatServer:
@@ -48,6 +113,7 @@ class VoiceChatServer:
         self.tts = tts
         self.config = config
         self.sessions: set[Session] = set()
+        self.refused = {"full": 0, "auth": 0, "slow": 0, "idle": 0}  # counters for /healthz
         self._server: Server | None = None
         self._idle = asyncio.Event()  # set while no session is open and no answer runs
         self._idle.set()
@@ -84,6 +150,12 @@ class VoiceChatServer:
             process_request=self._route,
             max_size=self.config.max_frame_bytes,
             compression=None,  # deflating Base64 audio costs much CPU for little gain
+            ping_interval=self.config.ping_interval_s,
+            ping_timeout=self.config.ping_timeout_s,
+            # Browsers send Origin; only listed ones may connect. Other clients send none.
+            origins=[None, *(Origin(origin) for origin in self.config.allow_origins)],
+            select_subprotocol=_select_subprotocol,
+            server_header=None,
         )
 
     async def shutdown(self) -> None:
@@ -109,6 +181,7 @@ class VoiceChatServer:
             "status": "ok",
             "sessions": len(self.sessions),
             "responses_in_flight": self.responses_in_flight(),
+            "disconnected": dict(self.refused),
             "llm": self.backend.name,
             "tts": self.tts.name,
             "protocol": protocol.PROTOCOL,
@@ -117,6 +190,12 @@ class VoiceChatServer:
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == protocol.CHAT_PATH:
+            if len(self.sessions) >= self.config.max_connections:
+                self.refused["full"] += 1
+                return connection.respond(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"server full: {self.config.max_connections} connections; retry later\n",
+                )
             return None  # go on with the WebSocket handshake
         if path == protocol.HEALTH_PATH:
             response = connection.respond(HTTPStatus.OK, json.dumps(self.health()) + "\n")
@@ -126,6 +205,12 @@ class VoiceChatServer:
         return connection.respond(HTTPStatus.NOT_FOUND, f"no such path: {path}\n")
 
     async def _handle_connection(self, connection: ServerConnection) -> None:
+        token = self.config.token
+        if token and not token_matches(presented_token(connection.request.headers), token):
+            self.refused["auth"] += 1
+            log.warning("refused %s: missing or wrong token", connection.remote_address)
+            await connection.close(protocol.CLOSE_POLICY, "authentication required")
+            return
         session = Session(self, connection)
         self.sessions.add(session)
         self._idle.clear()
@@ -136,6 +221,16 @@ class VoiceChatServer:
             self.sessions.discard(session)
             log.info("session %s closed", session.id)
             self.update_idle()
+
+
+class SlowClient(ClientGone):
+    """The client stopped reading; its session is being closed."""
+
+
+def _is_client_gone(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(ClientGone) is not None
+    return isinstance(exc, ClientGone)
 
 
 class Session:
@@ -153,6 +248,11 @@ class Session:
         self._answer: Answer | None = None
         self._answer_task: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None  # a close we started (slow client)
+        config = server.config
+        self._allowance = float(config.message_burst)  # token bucket for the message rate
+        self._refill_per_s = config.messages_per_minute / 60
+        self._last_refill = time.monotonic()
 
     @property
     def answering(self) -> bool:
@@ -164,14 +264,41 @@ class Session:
             await self._send(
                 protocol.session_created(self.id, self.server.backend.name, self.server.tts.name)
             )
-            async for frame in self.connection:
+            while (frame := await self._next_frame()) is not None:
                 await self._receive(frame, time.perf_counter())
-        except ConnectionClosed:
+        except (ConnectionClosed, SlowClient):
             pass
         finally:
             await self._cancel_answer(notify=False)
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            if self._closer is not None:
+                await asyncio.gather(self._closer, return_exceptions=True)
+
+    async def _next_frame(self) -> str | bytes | None:
+        """The next frame; None once the client was idle too long (the connection is closed)."""
+        while True:
+            try:
+                async with asyncio.timeout(self.server.config.idle_timeout_s):
+                    return await self.connection.recv()  # cancelling recv is safe
+            except TimeoutError:
+                if self.answering:
+                    continue  # listening to an answer is not idling
+                self.server.refused["idle"] += 1
+                await self.connection.close(protocol.CLOSE_IDLE, "idle timeout")
+                return None
+
+    def _take_allowance(self) -> bool:
+        """Token bucket: `message_burst` at once, then `messages_per_minute` on average."""
+        now = time.monotonic()
+        burst = self.server.config.message_burst
+        refill = (now - self._last_refill) * self._refill_per_s
+        self._allowance = min(burst, self._allowance + refill)
+        self._last_refill = now
+        if self._allowance < 1:
+            return False
+        self._allowance -= 1
+        return True
 
     async def close_for_shutdown(self) -> None:
         """Cancel the answer in flight (the client gets its response.done), flush, close 1001."""
@@ -186,6 +313,14 @@ class Session:
         await self.connection.close(1001, "server shutting down")
 
     async def _receive(self, frame: str | bytes, arrived_at: float) -> None:
+        if not self._take_allowance():
+            limit = self.server.config.messages_per_minute
+            await self._send(
+                protocol.error(
+                    protocol.RATE_LIMITED, f"too many messages (limit {limit} per minute); dropped"
+                )
+            )
+            return
         try:
             message = protocol.parse_client_message(
                 frame, max_text_chars=self.server.config.max_text_chars
@@ -239,6 +374,8 @@ class Session:
         try:
             status = await answer.run()
         except Exception as exc:
+            if _is_client_gone(exc):
+                return  # the connection is being closed: nothing more to send
             log.exception("response %s crashed", answer.response_id)
             await self._send(
                 protocol.error(protocol.INTERNAL, f"internal error: {exc}", answer.response_id)
@@ -262,19 +399,35 @@ class Session:
             await self._finish(answer, CANCELLED)
 
     async def _finish(self, answer: Answer, status: str) -> None:
-        await self._outbound.put(
-            (answer.response_id, protocol.encode(answer.done_frame(status)), True)
-        )
+        await self._queue((answer.response_id, protocol.encode(answer.done_frame(status)), True))
         answer.done_sent = True
 
     def _emitter(self, response_id: str) -> Emit:
         async def emit(frame: dict[str, Any]) -> None:
-            await self._outbound.put((response_id, protocol.encode(frame), False))
+            await self._queue((response_id, protocol.encode(frame), False))
 
         return emit
 
     async def _send(self, frame: dict[str, Any]) -> None:
-        await self._outbound.put((None, protocol.encode(frame), False))
+        await self._queue((None, protocol.encode(frame), False))
+
+    async def _queue(self, item: tuple[str | None, str, bool]) -> None:
+        """Queue a frame; a client that leaves the queue full too long is disconnected."""
+        if self._closer is not None:
+            raise SlowClient  # already being disconnected: produce nothing more
+        try:
+            async with asyncio.timeout(self.server.config.slow_client_timeout_s):
+                await self._outbound.put(item)
+        except TimeoutError:
+            self._disconnect_slow_client()
+            raise SlowClient from None
+
+    def _disconnect_slow_client(self) -> None:
+        if self._closer is None:
+            self.server.refused["slow"] += 1
+            log.warning("session %s: client stopped reading; disconnecting", self.id)
+            reason = f"client too slow: {self._outbound.qsize()} frames waiting"
+            self._closer = asyncio.create_task(self.connection.close(protocol.CLOSE_POLICY, reason))
 
     async def _write(self) -> None:
         """The only place that writes to the socket: one frame at a time, in queue order.

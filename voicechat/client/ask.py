@@ -54,6 +54,7 @@ async def ask(
     out: Path | None = None,
     json_lines: bool = False,
     player: AudioPlayer | None = None,
+    token: str | None = None,
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
 ) -> int:
@@ -65,7 +66,7 @@ async def ask(
     audio = AudioCollector()
     status = "failed"
     try:
-        async with ChatConnection(server_url) as connection:
+        async with ChatConnection(server_url, token=token) as connection:
             if json_lines:
                 print(json.dumps(connection.session), file=stdout, flush=True)
             await connection.send_user_message(text)

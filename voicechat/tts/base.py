@@ -20,7 +20,15 @@ class Pcm:
 
 
 class TTSError(Exception):
-    """One unit could not be synthesised; the answer goes on without it."""
+    """One unit could not be synthesised; the answer goes on without it.
+
+    `server_fault`: the engine itself failed (down, 5xx, garbage) rather than refusing this
+    text; repeated server faults make an engine rest instead of being retried at once.
+    """
+
+    def __init__(self, message: str, *, server_fault: bool = True) -> None:
+        super().__init__(message)
+        self.server_fault = server_fault
 
 
 @runtime_checkable

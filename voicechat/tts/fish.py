@@ -9,6 +9,8 @@ for the next piece; errors are JSON `{"statusCode", "message", "error"}` (422: a
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -18,7 +20,11 @@ import msgpack
 from voicechat.audio.wav import WavError, decode_wav, parse_wav_header
 from voicechat.tts.base import Pcm, TTSError
 
+log = logging.getLogger(__name__)
+
 FISH_SAMPLE_RATE = 44100
+FAILURES_BEFORE_BACKOFF = 3  # consecutive failures of one worker before it is rested
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # rest periods; the last one repeats
 _MIN_PIECE_BYTES = 2048  # forward audio in pieces of at least this size (except the last)
 
 
@@ -46,6 +52,9 @@ class FishSpeechTTS:
         # Each Fish Speech worker serves one request at a time: send a unit to the least busy.
         self._busy = dict.fromkeys(self.urls, 0)
         self._turn = 0  # breaks ties in turn, so idle workers share the load
+        # A worker that keeps failing is rested, not hammered: no request until `_down_until`.
+        self._failures = dict.fromkeys(self.urls, 0)
+        self._down_until = dict.fromkeys(self.urls, 0.0)
         self.reference_id = reference_id
         self.streaming = streaming
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -67,10 +76,31 @@ class FishSpeechTTS:
         return msgpack.packb(body)
 
     def _pick_url(self) -> str:
+        """The least busy worker that is not resting; TTSError at once if all are."""
         self._turn += 1
+        now = time.monotonic()
         count = len(self.urls)
         order = [self.urls[(self._turn + i) % count] for i in range(count)]
-        return min(order, key=self._busy.__getitem__)
+        ready = [url for url in order if self._down_until[url] <= now]
+        if not ready:
+            wait = min(self._down_until.values()) - now
+            raise TTSError(
+                f"Fish Speech unavailable after repeated failures; retrying in {wait:.0f} s"
+            )
+        return min(ready, key=self._busy.__getitem__)
+
+    def _record(self, url: str, ok: bool) -> None:
+        if ok:
+            self._failures[url] = 0
+            return
+        self._failures[url] += 1
+        extra = self._failures[url] - FAILURES_BEFORE_BACKOFF
+        if extra >= 0:
+            rest = BACKOFF_S[min(extra, len(BACKOFF_S) - 1)]
+            self._down_until[url] = time.monotonic() + rest
+            log.warning(
+                "Fish Speech at %s failed %d times; resting it %.0f s", url, extra + 3, rest
+            )
 
     async def synthesize(self, text: str) -> AsyncGenerator[Pcm, None]:
         url = self._pick_url()
@@ -78,6 +108,11 @@ class FishSpeechTTS:
         try:
             async for pcm in self._synthesize_at(url, text):
                 yield pcm
+        except TTSError as exc:
+            self._record(url, ok=not exc.server_fault)
+            raise
+        else:
+            self._record(url, ok=True)
         finally:
             self._busy[url] -= 1
 
@@ -89,8 +124,12 @@ class FishSpeechTTS:
                 content=self._request_body(text),
                 headers={"Content-Type": "application/msgpack"},
             ) as response:
-                if response.status_code != 200:
-                    raise TTSError(_describe_error(response.status_code, await response.aread()))
+                status = response.status_code
+                if status != 200:
+                    raise TTSError(
+                        _describe_error(status, await response.aread()),
+                        server_fault=status >= 500 or status == 429,
+                    )
                 if self.streaming:
                     async for pcm in _pcm_pieces(response):
                         yield pcm
