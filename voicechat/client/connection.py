@@ -49,7 +49,11 @@ class ChatConnection:
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise ServerUnavailable(f"cannot connect to {self.url}: {_reason(exc)}") from None
-        first = await self.next_event()
+        try:
+            first = await self.next_event()
+        except ConnectionLost as exc:  # e.g. closed 1008: authentication required
+            await self._ws.close()
+            raise ServerUnavailable(f"{self.url} refused the session: {exc}") from None
         if first.get("type") != "session.created":
             raise ServerUnavailable(f"{self.url} did not start a voicechat session")
         self.session = first

@@ -85,7 +85,7 @@ class FishSpeechTTS:
         if not ready:
             wait = min(self._down_until.values()) - now
             raise TTSError(
-                f"Fish Speech unavailable after repeated failures; retrying in {wait:.0f} s"
+                f"Fish Speech resting after repeated failures; next try in {wait:.0f} s"
             )
         return min(ready, key=self._busy.__getitem__)
 
@@ -99,7 +99,10 @@ class FishSpeechTTS:
             rest = BACKOFF_S[min(extra, len(BACKOFF_S) - 1)]
             self._down_until[url] = time.monotonic() + rest
             log.warning(
-                "Fish Speech at %s failed %d times; resting it %.0f s", url, extra + 3, rest
+                "Fish Speech at %s failed %d times; resting it %.0f s",
+                url,
+                self._failures[url],
+                rest,
             )
 
     async def synthesize(self, text: str) -> AsyncGenerator[Pcm, None]:
