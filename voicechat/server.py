@@ -214,12 +214,12 @@ class VoiceChatServer:
         session = Session(self, connection)
         self.sessions.add(session)
         self._idle.clear()
-        log.info("session %s opened from %s", session.id, connection.remote_address)
+        log.info("session %s… opened from %s", session.log_id, connection.remote_address)
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
-            log.info("session %s closed", session.id)
+            log.info("session %s… closed", session.log_id)
             self.update_idle()
 
 
@@ -241,6 +241,8 @@ class Session:
         self.connection = connection
         self.id = uuid.uuid4().hex
         self.thread_id = self.id  # the conversation; session.resume switches to an older one
+        # The id is the key to resume a conversation: logs get only a prefix to correlate lines.
+        self.log_id = self.id[:8]
         self._outbound: asyncio.Queue[tuple[str | None, str, bool]] = asyncio.Queue(
             maxsize=server.config.outbound_frames
         )
@@ -309,7 +311,7 @@ class Session:
             async with asyncio.timeout(self.server.config.shutdown_grace_s):
                 await self._outbound.join()
         except TimeoutError:
-            log.warning("session %s: client too slow to flush on shutdown", self.id)
+            log.warning("session %s…: client too slow to flush on shutdown", self.log_id)
         await self.connection.close(1001, "server shutting down")
 
     async def _receive(self, frame: str | bytes, arrived_at: float) -> None:
@@ -346,7 +348,7 @@ class Session:
             settings=self.server.config.pipeline,
             started_at=arrived_at,
         )
-        log.debug("session %s: user message %r", self.id, message.text)
+        log.debug("session %s…: user message %r", self.log_id, message.text)
         await self._send(protocol.response_created(answer.response_id, message.id))
         self._answer = answer
         self._answer_task = asyncio.create_task(self._run_answer(answer))
@@ -425,7 +427,7 @@ class Session:
     def _disconnect_slow_client(self) -> None:
         if self._closer is None:
             self.server.refused["slow"] += 1
-            log.warning("session %s: client stopped reading; disconnecting", self.id)
+            log.warning("session %s…: client stopped reading; disconnecting", self.log_id)
             reason = f"client too slow: {self._outbound.qsize()} frames waiting"
             self._closer = asyncio.create_task(self.connection.close(protocol.CLOSE_POLICY, reason))
 
