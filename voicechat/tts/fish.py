@@ -84,9 +84,7 @@ class FishSpeechTTS:
         ready = [url for url in order if self._down_until[url] <= now]
         if not ready:
             wait = min(self._down_until.values()) - now
-            raise TTSError(
-                f"Fish Speech resting after repeated failures; next try in {wait:.0f} s"
-            )
+            raise TTSError(f"Fish Speech resting after repeated failures; next try in {wait:.0f} s")
         return min(ready, key=self._busy.__getitem__)
 
     def _record(self, url: str, ok: bool) -> None:
