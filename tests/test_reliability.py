@@ -410,3 +410,22 @@ async def test_a_failing_fish_server_is_rested_not_hammered() -> None:
         # flight: two units synthesise at once).
         assert len(fish.requests) <= 3 + 1
         assert sum("resting" in message for message in errors) == 12 - len(fish.requests)
+
+
+async def test_in_process_memory_keeps_only_the_most_recent_conversations() -> None:
+    from voicechat.llm.memory import BoundedMemorySaver
+
+    saver = BoundedMemorySaver(max_conversations=2)
+    graph = build_chat_graph(EchoChatModel(), checkpointer=saver)
+    async with running_server(ChatBackend(graph=graph, name="echo")) as server:
+        ids = []
+        for number in range(3):
+            async with ChatConnection(server.url) as conn:
+                await collect_answer(conn, f"conversation {number}")
+                ids.append(conn.session["session_id"])
+        assert saver.conversations == 2
+        async with ChatConnection(server.url) as conn:
+            await conn.send({"type": "session.resume", "session_id": ids[0]})
+            assert (await read_until(conn, "error"))["code"] == "unknown_session"  # forgotten
+            await conn.send({"type": "session.resume", "session_id": ids[2]})
+            assert (await read_until(conn, "session.resumed"))["messages"] == 2  # kept

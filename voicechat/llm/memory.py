@@ -1,27 +1,60 @@
 """Conversation memory: the LangGraph checkpointer that keeps every conversation (thread).
 
-`--memory memory` (default) keeps them in this process; `sqlite:PATH` in a file that survives
+`--memory memory[:N]` (default) keeps the N most recently used (default 1000) in this process, so a
+long-running server does not grow without bound; `sqlite:PATH` in a file that survives
 restarts (one machine); `postgres://...` in PostgreSQL, which several voicechat processes behind
 a load balancer can share.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import AsyncExitStack
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
+DEFAULT_MAX_CONVERSATIONS = 1000
+
 
 class MemoryConfigError(ValueError):
     """A --memory value that cannot be used."""
 
 
+class BoundedMemorySaver(InMemorySaver):
+    """In-process memory that forgets the least recently used conversations past a limit."""
+
+    def __init__(self, max_conversations: int = DEFAULT_MAX_CONVERSATIONS) -> None:
+        super().__init__()
+        self.max_conversations = max_conversations
+        self._recent: OrderedDict[str, None] = OrderedDict()
+
+    def put(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        saved = super().put(config, checkpoint, metadata, new_versions)
+        thread_id = str(config["configurable"]["thread_id"])
+        self._recent.pop(thread_id, None)
+        self._recent[thread_id] = None
+        while len(self._recent) > self.max_conversations:
+            oldest, _ = self._recent.popitem(last=False)
+            self.delete_thread(oldest)
+        return saved
+
+    async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        return self.put(config, checkpoint, metadata, new_versions)
+
+    @property
+    def conversations(self) -> int:
+        return len(self._recent)
+
+
 async def open_checkpointer(spec: str, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
     """Open the checkpointer named by `spec`; `stack` closes it on shutdown."""
-    if spec == "memory":
-        return InMemorySaver()
+    if spec == "memory" or spec.startswith("memory:"):
+        count = spec.removeprefix("memory").removeprefix(":") or str(DEFAULT_MAX_CONVERSATIONS)
+        if not count.isdigit() or int(count) < 1:
+            raise MemoryConfigError(f"--memory memory:N needs a positive number, not {count!r}")
+        return BoundedMemorySaver(int(count))
     if spec.startswith("sqlite:"):
         path = spec.removeprefix("sqlite:")
         if not path:
