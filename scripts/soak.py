@@ -117,8 +117,9 @@ async def soak(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
     start = time.monotonic()
     rss_start: float | None = None
     cpu_before, wall_before = cpu_seconds(pid), start
-    while (elapsed := time.monotonic() - start) < args.minutes * 60:
+    while time.monotonic() - start < args.minutes * 60:
         await asyncio.sleep(args.every)  # the reporting period
+        elapsed = time.monotonic() - start
         if rss_start is None and elapsed >= WARM_UP_S:
             rss_start = rss_mb(pid)
         cpu_now, wall_now = cpu_seconds(pid), time.monotonic()
