@@ -255,6 +255,7 @@ class Session:
         self._allowance = float(config.message_burst)  # token bucket for the message rate
         self._refill_per_s = config.messages_per_minute / 60
         self._last_refill = time.monotonic()
+        self._last_activity = time.monotonic()  # the last message, or the end of the last answer
 
     @property
     def answering(self) -> bool:
@@ -278,17 +279,31 @@ class Session:
                 await asyncio.gather(self._closer, return_exceptions=True)
 
     async def _next_frame(self) -> str | bytes | None:
-        """The next frame; None once the client was idle too long (the connection is closed)."""
+        """The next frame; None once the client was idle too long (the connection is closed).
+
+        Idle means: no message since the last one or the end of the last answer, whichever
+        came later; listening to an answer is not idling.
+        """
+        limit = self.server.config.idle_timeout_s
         while True:
-            try:
-                async with asyncio.timeout(self.server.config.idle_timeout_s):
-                    return await self.connection.recv()  # cancelling recv is safe
-            except TimeoutError:
-                if self.answering:
-                    continue  # listening to an answer is not idling
+            remaining = self._last_activity + limit - time.monotonic()
+            if self.answering:
+                remaining = limit
+            if remaining > 0:
+                try:
+                    async with asyncio.timeout(remaining):
+                        frame = await self.connection.recv()  # cancelling recv is safe
+                    self._last_activity = time.monotonic()
+                    return frame
+                except TimeoutError:
+                    continue
+            else:
                 self.server.refused["idle"] += 1
                 await self.connection.close(protocol.CLOSE_IDLE, "idle timeout")
                 return None
+
+    def _note_activity(self, *_: object) -> None:
+        self._last_activity = time.monotonic()
 
     def _take_allowance(self) -> bool:
         """Token bucket: `message_burst` at once, then `messages_per_minute` on average."""
@@ -353,6 +368,7 @@ class Session:
         self._answer = answer
         self._answer_task = asyncio.create_task(self._run_answer(answer))
         self._answer_task.add_done_callback(self.server.update_idle)
+        self._answer_task.add_done_callback(self._note_activity)
 
     async def _resume(self, session_id: str) -> None:
         """Continue the conversation of an earlier session (e.g. after a reconnect)."""
