@@ -189,9 +189,12 @@ async def test_an_answer_stops_at_the_token_limit() -> None:
     async with running_server(scripted_backend(words), pipeline={"max_answer_tokens": 5}) as server:
         async with ChatConnection(server.url) as conn:
             events = await collect_answer(conn, "talk a lot")
+            config = {"configurable": {"thread_id": conn.session["session_id"]}}
+            state = await server.backend.graph.aget_state(config)
     done = events[-1]
     assert done["status"] == "completed" and done["truncated"] == "max_tokens"
     assert done["text"] == "".join(words[:5])
+    assert state.values["messages"][-1].content == done["text"]  # the history has what was said
 
 
 async def test_an_answer_stops_at_the_audio_limit() -> None:

@@ -321,11 +321,11 @@ class Session:
         """Cancel the answer in flight (the client gets its response.done), flush, close 1001."""
         if self._writer is None or self._writer.done():
             return  # the session is already ending on its own
-        await self._cancel_answer(notify=True)
         try:
             async with asyncio.timeout(self.server.config.shutdown_grace_s):
+                await self._cancel_answer(notify=True)
                 await self._outbound.join()
-        except TimeoutError:
+        except (TimeoutError, ClientGone):
             log.warning("session %s…: client too slow to flush on shutdown", self.log_id)
         await self.connection.close(1001, "server shutting down")
 
@@ -393,13 +393,14 @@ class Session:
             status = await answer.run()
         except Exception as exc:
             if _is_client_gone(exc):
+                await answer.keep_partial_text()
                 return  # the connection is being closed: nothing more to send
             log.exception("response %s crashed", answer.response_id)
             await self._send(
                 protocol.error(protocol.INTERNAL, f"internal error: {exc}", answer.response_id)
             )
             status = FAILED
-        if status != COMPLETED:
+        if status != COMPLETED or answer.truncated:  # the graph did not store the answer
             await answer.keep_partial_text()
         await self._finish(answer, status)
 
