@@ -37,6 +37,7 @@ from voicechat.client.connection import ChatConnection, ServerUnavailable
 from voicechat.llm import ChatBackend
 from voicechat.llm.graph import build_chat_graph
 from voicechat.server import VoiceChatServer, exposure_problem, presented_token
+from voicechat.tts.base import TTSError
 from voicechat.tts.fish import FishSpeechTTS
 from voicechat.tts.tone import ToneTTS
 
@@ -432,3 +433,19 @@ async def test_in_process_memory_keeps_only_the_most_recent_conversations() -> N
             assert (await read_until(conn, "error"))["code"] == "unknown_session"  # forgotten
             await conn.send({"type": "session.resume", "session_id": ids[2]})
             assert (await read_until(conn, "session.resumed"))["messages"] == 2  # kept
+
+
+async def test_requests_in_flight_when_fish_goes_down_count_as_one_outage() -> None:
+    tts = FishSpeechTTS(refused_url())
+
+    async def one(text: str) -> None:
+        with pytest.raises(TTSError):
+            async for _ in tts.synthesize(text):
+                pass
+
+    try:
+        await asyncio.gather(*(one(f"unit {i}") for i in range(8)))
+        url = tts.urls[0]
+        assert tts._failures[url] == 3  # the rest failed while it was already resting
+    finally:
+        await tts.aclose()

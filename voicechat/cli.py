@@ -208,8 +208,8 @@ def serve(
     if problem := exposure_problem(host, token, insecure):
         typer.echo(f"voicechat: {problem}", err=True)
         raise typer.Exit(EXIT_USAGE)
-    if token and len(token) < 16:
-        typer.echo("voicechat: --token is too short (16 characters or more)", err=True)
+    if token and (len(token) < 16 or not token.isascii() or not token.isprintable()):
+        typer.echo("voicechat: --token needs 16 or more printable ASCII characters", err=True)
         raise typer.Exit(EXIT_USAGE)
     options = _backend_options(locals())
     config = ServerConfig(

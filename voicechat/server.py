@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -39,6 +40,8 @@ from voicechat.pipeline import (
 from voicechat.tts.base import TTSEngine
 
 log = logging.getLogger(__name__)
+
+CLOSE_WAIT_S = 5.0  # how long a close may wait for a client that is not reading
 
 
 @dataclass(frozen=True)
@@ -163,11 +166,16 @@ class VoiceChatServer:
         if self._server is None:
             return
         self._server.server.close()  # no new connections from here on
-        await asyncio.gather(*(session.close_for_shutdown() for session in list(self.sessions)))
-        self._server.close()
-        await self._server.wait_closed()
-        await self.tts.aclose()
-        self._server = None
+        try:
+            await asyncio.gather(
+                *(session.close_for_shutdown() for session in list(self.sessions)),
+                return_exceptions=True,
+            )
+            self._server.close()
+            await self._server.wait_closed()
+        finally:
+            await self.tts.aclose()
+            self._server = None
 
     async def __aenter__(self) -> VoiceChatServer:
         await self.start()
@@ -228,8 +236,9 @@ class SlowClient(ClientGone):
 
 
 def _is_client_gone(exc: BaseException) -> bool:
+    """Only ClientGone: a group that also holds a real error is not swallowed."""
     if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(ClientGone) is not None
+        return exc.split(ClientGone)[1] is None
     return isinstance(exc, ClientGone)
 
 
@@ -299,7 +308,7 @@ class Session:
                     continue
             else:
                 self.server.refused["idle"] += 1
-                await self.connection.close(protocol.CLOSE_IDLE, "idle timeout")
+                await self._close(protocol.CLOSE_IDLE, "idle timeout")
                 return None
 
     def _note_activity(self, *_: object) -> None:
@@ -327,7 +336,7 @@ class Session:
                 await self._outbound.join()
         except (TimeoutError, ClientGone):
             log.warning("session %s…: client too slow to flush on shutdown", self.log_id)
-        await self.connection.close(1001, "server shutting down")
+        await self._close(1001, "server shutting down")
 
     async def _receive(self, frame: str | bytes, arrived_at: float) -> None:
         if not self._take_allowance():
@@ -396,13 +405,14 @@ class Session:
                 await answer.keep_partial_text()
                 return  # the connection is being closed: nothing more to send
             log.exception("response %s crashed", answer.response_id)
-            await self._send(
-                protocol.error(protocol.INTERNAL, f"internal error: {exc}", answer.response_id)
-            )
+            error = protocol.error(protocol.INTERNAL, f"internal error: {exc}", answer.response_id)
+            with suppress(ClientGone):
+                await self._send(error)
             status = FAILED
         if status != COMPLETED or answer.truncated:  # the graph did not store the answer
             await answer.keep_partial_text()
-        await self._finish(answer, status)
+        with suppress(ClientGone):  # the client stopped reading: the session is closing
+            await self._finish(answer, status)
 
     async def _cancel_answer(self, *, notify: bool) -> None:
         task, answer = self._answer_task, self._answer
@@ -446,7 +456,16 @@ class Session:
             self.server.refused["slow"] += 1
             log.warning("session %s…: client stopped reading; disconnecting", self.log_id)
             reason = f"client too slow: {self._outbound.qsize()} frames waiting"
-            self._closer = asyncio.create_task(self.connection.close(protocol.CLOSE_POLICY, reason))
+            self._closer = asyncio.create_task(self._close(protocol.CLOSE_POLICY, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Close with a reason; a client that reads nothing cannot take the close frame, so
+        after CLOSE_WAIT_S the TCP connection is dropped instead of waiting forever."""
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self.connection.close(code, reason)
+        except TimeoutError:
+            self.connection.transport.abort()
 
     async def _write(self) -> None:
         """The only place that writes to the socket: one frame at a time, in queue order.

@@ -117,6 +117,7 @@ class PlaybackQueue:
         """No more audio is coming for now: the queue may run dry without an underrun."""
         with self._lock:
             self._expecting = False
+            self._starved = False
             if not self._queued:
                 self._drained.set()
 
@@ -135,6 +136,7 @@ class PlaybackQueue:
             self._markers.clear()
             self._current = None  # the faded tail belongs to nothing the UI should highlight
             self._expecting = False
+            self._starved = False
             if not self._queued:
                 self._drained.set()
 

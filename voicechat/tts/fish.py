@@ -91,6 +91,8 @@ class FishSpeechTTS:
         if ok:
             self._failures[url] = 0
             return
+        if time.monotonic() < self._down_until[url]:
+            return  # requests already in flight when it went down: one outage, not many
         self._failures[url] += 1
         extra = self._failures[url] - FAILURES_BEFORE_BACKOFF
         if extra >= 0:

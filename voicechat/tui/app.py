@@ -272,7 +272,8 @@ class VoiceChatApp(App[None]):
         code, message = event.get("code"), event.get("message", "")
         if code == "unknown_session":
             self._notice("The server does not know our conversation; starting a new one.")
-            self.session_id = None
+            if self.connection is not None:  # this connection's own session is the new one
+                self.session_id = self.connection.session.get("session_id")
             return
         if event.get("response_id") is None and self.pending:
             view = self.pending.pop(0)  # the message was refused: no answer will come
