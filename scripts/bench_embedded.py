@@ -1,8 +1,9 @@
 """The embedded stack measured for real: local GGUF LLM + Piper, in a `voicechat serve` process.
 
-Prints model load times (from the server's log), time to first text and audio for a prompt,
-LLM tokens per second, Piper's real-time factor, whether playback would underrun (each chunk
-arrives before the audio before it has finished playing), and the server's RSS.
+Prints each worker's start time (load + self-check, from the server's log), time to first text
+and audio for a prompt, LLM tokens per second, Piper's real-time factor, whether playback would underrun (each chunk
+arrives before the audio before it has finished playing), and the RSS of the server and its
+worker processes together.
 
     python scripts/bench_embedded.py [--prompt "Tell me about the moon."] [--runs 5] [--json]
 """
@@ -39,6 +40,14 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def children(pid: int) -> list[int]:
+    """The server's worker processes (its direct children)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 async def one_answer(url: str, prompt: str) -> dict[str, Any]:
     async with ChatConnection(url) as conn:
         sent = time.perf_counter()
@@ -70,26 +79,22 @@ async def one_answer(url: str, prompt: str) -> dict[str, Any]:
 
 def piper_rtf() -> float:
     """Piper's synthesis time per second of audio, measured in this process on sentences."""
-    from voicechat.tts.piper import PiperTTS
+    from voicechat.tts.piper import PiperEngine, default_voice_path
 
-    voice = PiperTTS()
+    voice = PiperEngine(str(default_voice_path()))
     sentences = [
         "The Moon is Earth's only natural satellite.",
         "It orbits our planet about once every twenty seven days.",
         "Its gravity drives the tides of the oceans.",
     ]
-
-    async def measure() -> float:
-        spent = audio = 0.0
-        for text in sentences * 2:
-            start = time.perf_counter()
-            async for pcm in voice.synthesize(text):
-                audio += pcm.samples / pcm.sample_rate
-            spent += time.perf_counter() - start
-        await voice.aclose()
-        return spent / audio
-
-    return asyncio.run(measure())
+    spent = audio = 0.0
+    for text in sentences * 2:
+        pieces: list[dict[str, Any]] = []
+        start = time.perf_counter()
+        voice.run({"text": text}, pieces.append, lambda: False)
+        spent += time.perf_counter() - start
+        audio += sum(len(piece["pcm"]) / 2 / piece["rate"] for piece in pieces)
+    return spent / audio
 
 
 def main() -> None:
@@ -117,18 +122,20 @@ def main() -> None:
             break
     ready_s = time.perf_counter() - started
     threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-    rss_idle = rss_mb(server.pid)
+    processes = [server.pid, *children(server.pid)]
+    rss_idle = sum(map(rss_mb, processes))
     url = f"ws://127.0.0.1:{port}/v1/chat/stream"
     try:
         runs = [asyncio.run(one_answer(url, args.prompt)) for _ in range(args.runs)]
-        rss_after = rss_mb(server.pid)
+        rss_after = sum(map(rss_mb, processes))
     finally:
         server.terminate()
         server.wait(timeout=30)
 
-    def loaded(what: str) -> float | None:
+    def ready(kind: str) -> float | None:
+        """Worker start -> ready: load plus self-check, from the server's log."""
         for line in log:
-            match = re.search(rf"{what} .* loaded in ([0-9.]+) s", line)
+            match = re.search(rf"{kind} worker ready .* in ([0-9.]+) s", line)
             if match:
                 return float(match.group(1))
         return None
@@ -136,8 +143,8 @@ def main() -> None:
     generation_s = [(r["total_ms"] - r["first_text_ms"]) / 1000 for r in runs]
     result = {
         "runs": len(runs),
-        "llm_load_s": loaded("LLM"),
-        "voice_load_s": loaded("voice"),
+        "llm_worker_ready_s": ready("llm"),
+        "voice_worker_ready_s": ready("piper"),
         "server_ready_s": round(ready_s, 2),
         "first_text_ms_p50": statistics.median(r["first_text_ms"] for r in runs),
         "first_audio_ms_p50": statistics.median(r["first_audio_ms"] for r in runs),
@@ -152,8 +159,9 @@ def main() -> None:
         "audio_s_p50": round(statistics.median(r["audio_s"] for r in runs), 2),
         "piper_rtf": round(piper_rtf(), 3),
         "worst_late_chunk_ms": round(max(r["worst_late_ms"] for r in runs), 1),
-        "server_rss_mb_idle": round(rss_idle, 1),
-        "server_rss_mb_after": round(rss_after, 1),
+        "processes": len(processes),
+        "rss_mb_idle_all_processes": round(rss_idle, 1),
+        "rss_mb_after_all_processes": round(rss_after, 1),
     }
     if args.json:
         print(json.dumps(result))

@@ -20,10 +20,12 @@ from voicechat.tui.app import AnswerView, VoiceChatApp
 
 
 async def main(out: Path, prompt: str) -> None:
-    app = VoiceChatApp(
-        device="null",
-        server_factory=lambda: running_server(BackendOptions(), ServerConfig(port=0)),
-    )
+    async with running_server(BackendOptions(), ServerConfig(port=0)) as server:
+        await screenshot(VoiceChatApp(server.url, device="null"), out, prompt)
+    print(f"saved {out}")
+
+
+async def screenshot(app: VoiceChatApp, out: Path, prompt: str) -> None:
     async with app.run_test(size=(100, 26)) as pilot:
         async with asyncio.timeout(120):
             while app.connection is None:
@@ -32,7 +34,6 @@ async def main(out: Path, prompt: str) -> None:
             while not any(view.status and view.heard == 1 for view in app.query(AnswerView)):
                 await pilot.pause(0.05)
         app.save_screenshot(filename=out.name, path=str(out.parent))
-    print(f"saved {out}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ from voicechat.client.connection import DEFAULT_SERVER_URL
 from voicechat.config import BackendOptions, ConfigError, open_backends
 from voicechat.pipeline import PipelineSettings
 from voicechat.server import ServerConfig, VoiceChatServer, exposure_problem, is_loopback
+from voicechat.workers import WorkerStartError
+
+EXIT_ENGINE = 4  # an embedded engine failed to load or crashed in its start-up self-check
 
 app = typer.Typer(
     name="voicechat",
@@ -120,8 +123,8 @@ def _backend_options(flags: dict[str, Any]) -> BackendOptions:
 async def running_server(options: BackendOptions, config: ServerConfig) -> Any:
     """Load the back ends (before accepting anyone), serve, and release everything after."""
     async with AsyncExitStack() as stack:
-        backend, tts = await open_backends(options, stack)
-        server = VoiceChatServer(backend, tts, config)
+        backends = await open_backends(options, stack)
+        server = VoiceChatServer(backends.chat, backends.tts, config, backends.workers)
         await server.start()
         try:
             yield server
@@ -130,12 +133,16 @@ async def running_server(options: BackendOptions, config: ServerConfig) -> Any:
 
 
 def _run(main: Any) -> int:
-    """Run a coroutine; configuration errors become one line and exit code 2."""
+    """Run a coroutine; configuration errors become one line and exit code 2, an embedded
+    engine that cannot start (or crashes in its self-check) one line and exit code 4."""
     try:
         return int(asyncio.run(main) or 0)
     except ConfigError as exc:
         typer.echo(f"voicechat: {exc}", err=True)
         return EXIT_USAGE
+    except WorkerStartError as exc:
+        typer.echo(f"voicechat: {exc}", err=True)
+        return EXIT_ENGINE
 
 
 @app.command()
@@ -376,14 +383,23 @@ def talk(
     if list_devices:
         _print_devices()
     options = _backend_options(locals())
-    logging.basicConfig(level=logging.WARNING, handlers=[TextualHandler()], force=True)
-    app_ = VoiceChatApp(
-        server,
-        device=_parse_device(device),
-        server_factory=lambda: running_server(options, ServerConfig(port=0, token=token)),
-        token=token,
-    )
-    app_.run()
+
+    async def run() -> int:
+        if server is not None:
+            await _app(server).run_async()
+            return 0
+        # The embedded engines start and pass their self-check before the prompt appears.
+        typer.echo("voicechat: starting the embedded server…", err=True)
+        logging.basicConfig(level=logging.ERROR)  # until the UI takes over the terminal
+        async with running_server(options, ServerConfig(port=0, token=token)) as embedded:
+            await _app(embedded.url).run_async()
+        return 0
+
+    def _app(url: str) -> VoiceChatApp:
+        logging.basicConfig(level=logging.WARNING, handlers=[TextualHandler()], force=True)
+        return VoiceChatApp(url, device=_parse_device(device), token=token)
+
+    raise typer.Exit(_run(run()))
 
 
 def _parse_device(device: str | None) -> int | str | None:

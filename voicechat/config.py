@@ -1,18 +1,22 @@
-"""Back-end settings shared by `serve` and `ask --embedded`: the one place engines are chosen."""
+"""Back-end settings shared by `serve`, `talk` and `ask --embedded`: the one place engines are
+chosen and their worker processes started."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from voicechat.llm import ChatBackend, LLMConfigError, LLMSettings, build_backend
+from voicechat.llm import ChatBackend, LLMConfigError, LLMSettings, build_backend, local_model_path
+from voicechat.llm.local import llm_worker
 from voicechat.llm.memory import MemoryConfigError, open_checkpointer
 from voicechat.tts.base import TTSEngine
 from voicechat.tts.fish import FishSpeechTTS
 from voicechat.tts.tone import ToneTTS
+from voicechat.tts.worker_voice import WorkerVoice
+from voicechat.workers import Worker, WorkerStartError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ class BackendOptions:
 
 
 def build_tts(options: BackendOptions) -> TTSEngine:
-    """The TTS engine; loads models (blocking: call it off the event loop)."""
+    """A TTS engine that needs no worker process (tone, fish); see `open_backends` for piper."""
     if options.tts == "tone":
         return ToneTTS(latency_ms=options.tone_latency_ms, rtf=options.tone_rtf)
     if options.tts == "fish":
@@ -56,30 +60,42 @@ def build_tts(options: BackendOptions) -> TTSEngine:
             streaming=options.fish_streaming,
             timeout_s=options.fish_timeout_s,
         )
-    if options.tts == "piper":
-        return _embedded_voice(options)
-    raise ConfigError(f"unknown --tts {options.tts!r}; choose one of: {', '.join(TTS_CHOICES)}")
+    raise ConfigError(f"--tts {options.tts} runs in worker processes: use open_backends")
 
 
-def _embedded_voice(options: BackendOptions) -> TTSEngine:
-    """Piper for Latin-script text, espeak-ng for Korean, Japanese and Chinese units."""
-    from voicechat.tts.espeak import EspeakEngine
-    from voicechat.tts.piper import PiperTTS, VoiceNotFound
-    from voicechat.tts.router import ScriptRouter
+def _voice_workers(options: BackendOptions) -> dict[str, Worker]:
+    """Piper for Latin-script text; espeak-ng for Korean, Japanese and Chinese units."""
+    from voicechat.tts.piper import VoiceNotFound, default_voice_path
 
     if options.speaking_rate <= 0:
         raise ConfigError("--speaking-rate must be positive (1.0 is normal speed)")
     try:
-        piper = PiperTTS(options.piper_model, length_scale=1 / options.speaking_rate)
+        path = options.piper_model or default_voice_path()
     except VoiceNotFound as exc:
         raise ConfigError(str(exc)) from None
-    log.info("voice %s loaded in %.2f s", piper.model_path.name, piper.load_seconds)
-    try:
-        espeak = EspeakEngine()
-    except (ImportError, OSError, RuntimeError) as exc:
-        log.warning("no espeak-ng voices (%s): Korean/CJK units will be skipped", exc)
+    if not path.is_file():
+        raise ConfigError(f"no Piper voice at {path}")
+    piper = Worker(
+        "piper",
+        {"model_path": str(path), "length_scale": 1 / options.speaking_rate},
+        label="the Piper voice",
+        sigill_hint="onnxruntime's wheel does not support this CPU",
+    )
+    return {"piper": piper, "espeak": Worker("espeak", {}, label="espeak-ng")}
+
+
+def _embedded_voice(workers: dict[str, Worker]) -> TTSEngine:
+    from voicechat.tts.espeak import VOICES
+    from voicechat.tts.router import ScriptRouter
+
+    piper = WorkerVoice(workers["piper"], "piper")
+    espeak = workers.get("espeak")
+    if espeak is None:
         return ScriptRouter(piper, {})
-    others = {"hangul": espeak.voice("ko"), "kana": espeak.voice("ja"), "han": espeak.voice("cmn")}
+    others: dict[str, TTSEngine] = {
+        script: WorkerVoice(espeak, f"espeak-ng:{voice}", voice=voice)
+        for script, voice in VOICES.items()
+    }
     return ScriptRouter(piper, others)
 
 
@@ -94,15 +110,61 @@ def llm_settings(options: BackendOptions) -> LLMSettings:
     )
 
 
-async def open_backends(
-    options: BackendOptions, stack: AsyncExitStack
-) -> tuple[ChatBackend, TTSEngine]:
-    """Open memory, load the LLM and the voice (in worker threads); `stack` releases them."""
+@dataclass
+class Backends:
+    """What `serve` runs on: the chat graph, the TTS engine, and the worker processes."""
+
+    chat: ChatBackend
+    tts: TTSEngine
+    workers: dict[str, Worker] = field(default_factory=dict)
+
+
+async def open_backends(options: BackendOptions, stack: AsyncExitStack) -> Backends:
+    """Open memory, start the engines' worker processes and check them; `stack` releases all.
+
+    Raises ConfigError for settings that cannot work and WorkerStartError when an embedded
+    engine fails to load or fails its self-check (a crash included).
+    """
+    if options.tts not in TTS_CHOICES:
+        raise ConfigError(f"unknown --tts {options.tts!r}; choose one of: {', '.join(TTS_CHOICES)}")
     try:
         checkpointer = await open_checkpointer(options.memory, stack)
-        backend = await asyncio.to_thread(build_backend, llm_settings(options), checkpointer)
+        workers: dict[str, Worker] = {}
+        if options.llm.partition(":")[0] == "local":
+            workers["llm"] = llm_worker(local_model_path(llm_settings(options)))
+        if options.tts == "piper":
+            workers.update(_voice_workers(options))
+        for worker in workers.values():
+            stack.push_async_callback(worker.aclose)
+        await _start_workers(workers)
+        backend = await asyncio.to_thread(
+            build_backend, llm_settings(options), checkpointer, workers.get("llm")
+        )
         stack.callback(backend.close)
-        tts = await asyncio.to_thread(build_tts, options)
     except (LLMConfigError, MemoryConfigError) as exc:
         raise ConfigError(str(exc)) from None
-    return backend, tts
+    tts = _embedded_voice(workers) if options.tts == "piper" else build_tts(options)
+    return Backends(backend, tts, workers)
+
+
+async def _start_workers(workers: dict[str, Worker]) -> None:
+    """Start every worker at once; the first one that fails stops the rest and is raised.
+
+    espeak-ng is optional: if it cannot start, Korean/CJK units are skipped with a warning.
+    """
+    espeak = workers.get("espeak")
+
+    async def start_optional(worker: Worker) -> None:
+        try:
+            await worker.start()
+        except WorkerStartError as exc:
+            log.warning("no espeak-ng voices (%s): Korean/CJK units will be skipped", exc)
+            workers.pop("espeak", None)
+            await worker.aclose()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for worker in workers.values():
+                group.create_task(start_optional(worker) if worker is espeak else worker.start())
+    except* WorkerStartError as failures:
+        raise failures.exceptions[0] from None

