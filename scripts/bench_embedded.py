@@ -1,9 +1,9 @@
 """The embedded stack measured for real: local GGUF LLM + Piper, in a `voicechat serve` process.
 
 Prints each worker's start time (load + self-check, from the server's log), time to first text
-and audio for a prompt, LLM tokens per second, Piper's real-time factor, whether playback would underrun (each chunk
-arrives before the audio before it has finished playing), and the RSS of the server and its
-worker processes together.
+and audio for a prompt, LLM tokens per second, Piper's real-time factor, whether playback would
+underrun (each chunk arrives before the audio before it has finished playing), and the RSS of
+the server and its worker processes together.
 
     python scripts/bench_embedded.py [--prompt "Tell me about the moon."] [--runs 5] [--json]
 """
