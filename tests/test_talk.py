@@ -220,5 +220,5 @@ def test_main_screen_snapshot(snap_compare: Any) -> None:
     async def settle(pilot: Pilot[Any]) -> None:
         await until(pilot, lambda: "r1" in pilot.app.answers, "the conversation")
 
-    app = StillConversationApp(device="null")
+    app = StillConversationApp("ws://127.0.0.1:9/v1/chat/stream", device="null")
     assert snap_compare(app, terminal_size=(100, 24), run_before=settle)
