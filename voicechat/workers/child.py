@@ -95,9 +95,8 @@ def main(argv: list[str]) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the server, which ends us
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {kind}: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")  # the server
+    # prefixes each line with its own time, the worker's kind and pid
     channel = Channel(out)
     threading.Thread(
         target=channel.read_requests, args=(sys.stdin.buffer,), daemon=True, name="requests"

@@ -151,7 +151,8 @@ class Worker:
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Run one request; yield its data frames. Leaving early cancels it in the worker."""
-        await self.wait_ready()
+        while not self._ready.is_set():  # (cleared again if it died while we woke up)
+            await self.wait_ready()
         current = self._current
         assert current is not None
         request_id = next(self._ids)
@@ -273,7 +274,10 @@ class Worker:
             if not line:
                 return
             text = line.decode("utf-8", "replace").rstrip()
-            level = logging.WARNING if " WARNING " in text or " ERROR " in text else logging.INFO
+            first_word = text.split(" ", 1)[0]
+            level = (
+                logging.WARNING if first_word in ("WARNING", "ERROR", "CRITICAL") else logging.INFO
+            )
             log.log(level, "[%s %d] %s", self.kind, current.pid, text)
 
     def _send(self, current: _Process, message: dict[str, Any]) -> None:
