@@ -50,7 +50,7 @@ def start_server(pythonpath: str | None, log: list[str]) -> tuple[subprocess.Pop
     server = subprocess.Popen(
         [sys.executable, "-m", "voicechat", "serve", "--port", str(port), "--llm", "local",
          "--tts", "piper", "--max-tokens", "400", "--log-level", "info"],
-        env=env, stderr=subprocess.PIPE, text=True,
+        env=env, stderr=subprocess.PIPE, text=True, cwd=pythonpath,  # -m looks in cwd first
     )  # fmt: skip
     assert server.stderr is not None
     for line in server.stderr:

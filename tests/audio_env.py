@@ -9,7 +9,9 @@ Two outputs, both reached through PortAudio's ALSA host API in one process:
   so underruns and latency behave as they would on hardware.
 
 Everything lives in a directory the caller gives (a pytest temp dir): the ALSA configuration,
-the daemon's HOME, runtime directory, socket, cookie and log. Nothing is written to $HOME.
+the daemon's HOME, runtime directory, socket, cookie and log. Nothing is written to $HOME. The
+daemon runs in the foreground as a direct child that dies with the process that started it, even
+if that process is killed (tests/process_guard.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .process_guard import spawn, stop
 
 NULL_DEVICE = "default"  # ALSA pcm "default", redefined as the null plugin
 PACED_DEVICE = "pulse"  # ALSA pcm "pulse" -> our PulseAudio daemon -> its null sink
@@ -101,13 +105,7 @@ class PulseDaemon:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not exit within the bound."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=START_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process, timeout=START_TIMEOUT_S)
 
 
 def _pulse_script(socket_path: Path) -> str:
@@ -142,7 +140,9 @@ def start_pulse(directory: Path) -> PulseDaemon:
     """Start PulseAudio with a null sink, all state under `directory`; return once it answers.
 
     Works as root and as a normal user: as root, pulseaudio only warns when not in --system
-    mode. D-Bus and X11 are hidden from it so it cannot meet a desktop session's daemon.
+    mode. D-Bus and X11 are hidden from it so it cannot meet a desktop session's daemon. It runs
+    with --daemonize=no, so it stays our child and dies with this process (process_guard).
+    Call it from the main thread (process_guard.spawn says why).
     """
     home, runtime = directory / "home", directory / "runtime"
     home.mkdir(parents=True, exist_ok=True)
@@ -169,8 +169,8 @@ def start_pulse(directory: Path) -> PulseDaemon:
         "--use-pid-file=no", "--realtime=no", "--high-priority=no", "--log-target=stderr",
     ]  # fmt: skip
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, cwd=directory)  # fmt: skip
+        process = spawn(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                        stderr=subprocess.STDOUT, cwd=directory)  # fmt: skip
     client_conf = directory / "client.conf"
     client_conf.write_text("autospawn = no\n")  # a client never starts a daemon of its own
     daemon = PulseDaemon(

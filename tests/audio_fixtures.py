@@ -2,7 +2,8 @@
 
 `audio_env` sets the session up once: ALSA configuration, PulseAudio daemon, environment,
 PortAudio re-initialised. The device fixtures skip only when a Debian package is missing;
-a daemon that is installed but does not start fails the tests that need it.
+a daemon that is installed but does not start fails the tests that need it. The daemon dies with
+the test process, even a killed one that never reaches the teardown (tests/process_guard.py).
 """
 
 from __future__ import annotations

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -28,6 +31,7 @@ from voicechat.llm.local import default_model_path
 from voicechat.server import ServerConfig, VoiceChatServer
 
 from .conftest import WAIT_S, collect_answer
+from .process_guard import owned_tempdir, spawn, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,8 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @asynccontextmanager
 async def serving(**options: Any) -> AsyncIterator[VoiceChatServer]:
     async with AsyncExitStack() as stack:
-        backend, tts = await open_backends(BackendOptions(**options), stack)
-        server = VoiceChatServer(backend, tts, ServerConfig(port=0))
+        backends = await open_backends(BackendOptions(**options), stack)
+        server = VoiceChatServer(
+            backends.chat, backends.tts, ServerConfig(port=0), backends.workers
+        )
         await server.start()
         try:
             yield server
@@ -141,9 +147,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def openai_server() -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server on loopback, serving the embedded GGUF."""
+    """llama-cpp-python's OpenAI-compatible server on loopback, serving the embedded GGUF.
+
+    It dies with the test process, even a killed one (tests/process_guard.py).
+    """
     port = _free_port()
-    process = subprocess.Popen(
+    process = spawn(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--model_alias", "smol"],
         stdout=subprocess.DEVNULL,
@@ -161,8 +170,7 @@ def openai_server() -> Iterator[str]:
         assert httpx.get(f"{url}/models", timeout=10).status_code == 200
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop(process, timeout=30)
 
 
 async def test_openai_compatible_server_answers_through_the_pipeline(openai_server: str) -> None:
@@ -186,37 +194,88 @@ def _pg_bin(name: str) -> str:
     return found[-1]
 
 
+PG_PREFIX = "voicechat-pg-"  # its directories in the system temp dir (process_guard.owned_tempdir)
+PG_START_TIMEOUT_S = 60.0  # bound on initdb, and on the server's start-up (~1 s)
+
+
+def _pg_drop_stale_segment(base: Path) -> None:
+    """Remove the SysV shared-memory segment a killed postmaster left, once nothing uses it.
+
+    A postmaster that shuts down removes it; one that is killed cannot. postmaster.pid's 7th
+    line holds its key and id; /proc/sysvipc/shm says whether any process is still attached.
+    """
+    try:
+        key, shmid = (base / "data" / "postmaster.pid").read_text().splitlines()[6].split()
+        segments = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except (OSError, IndexError, ValueError):
+        return
+    for line in segments:
+        fields = line.split()  # key shmid perms size cpid lpid nattch ...
+        if fields[:2] == [key, shmid] and fields[6] == "0":
+            with contextlib.suppress(OSError):  # no ipcrm (util-linux): it stays, nothing worse
+                subprocess.run(["ipcrm", "-m", shmid], capture_output=True, check=False)
+
+
+def _pg_wait_ready(server: subprocess.Popen[bytes], data: Path, log: Path) -> None:
+    """Poll postmaster.pid until its status line says "ready" (what `pg_ctl -w` waits for)."""
+    deadline = time.monotonic() + PG_START_TIMEOUT_S
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"postgres exited ({server.returncode}):\n{log.read_text()}")
+        try:
+            lines = (data / "postmaster.pid").read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        if len(lines) > 7 and lines[7].strip() == "ready":
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"postgres not ready after {PG_START_TIMEOUT_S} s:\n{log.read_text()}"
+            )
+        time.sleep(0.05)  # poll interval, not a synchronisation
+
+
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    """A private PostgreSQL server: own data directory, own port, own socket directory."""
-    base = Path(tempfile.mkdtemp(prefix="voicechat-pg-"))
-    data, run = base / "data", base / "run"
-    run.mkdir()
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(base, "postgres")
-        shutil.chown(run, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run(
-        [*as_postgres, _pg_bin("initdb"), "-D", str(data), "-U", "voicechat", "-A", "trust"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [*as_postgres, _pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"),
-         "-o", f"-p {port} -k {run} -c listen_addresses=127.0.0.1", "start"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    try:
-        yield f"postgresql://voicechat@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_postgres, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(base, ignore_errors=True)
+    """A private PostgreSQL server: own data directory, own port, own socket directory.
+
+    `postgres` runs in the foreground as our direct child (not through `pg_ctl start`, which
+    daemonises it, nor `runuser`, which would stand in between), so it dies with the test
+    process even when that is killed; its backends follow the postmaster (tests/process_guard.py).
+    Its dynamic shared memory lives in the data directory, which a later run removes if a killed
+    one could not.
+    """
+    user = "postgres" if os.geteuid() == 0 else None  # PostgreSQL refuses to run as root
+    with owned_tempdir(PG_PREFIX, on_stale=_pg_drop_stale_segment) as base:
+        data, run, log = base / "data", base / "run", base / "log"
+        run.mkdir()
+        if user:
+            shutil.chown(base, user)
+            shutil.chown(run, user)
+        initdb = spawn(
+            [_pg_bin("initdb"), "-D", str(data), "-U", "voicechat", "-A", "trust"],
+            user=user, cwd=base, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            output, _ = initdb.communicate(timeout=PG_START_TIMEOUT_S)
+        finally:
+            stop(initdb)
+        if initdb.returncode != 0:
+            raise RuntimeError(f"initdb failed ({initdb.returncode}):\n{output.decode()}")
+        port = _free_port()
+        with open(log, "wb") as log_file:
+            server = spawn(
+                [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(run),
+                 "-c", "listen_addresses=127.0.0.1", "-c", "dynamic_shared_memory_type=mmap"],
+                user=user, cwd=base, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            _pg_wait_ready(server, data, log)
+            yield f"postgresql://voicechat@127.0.0.1:{port}/postgres"
+        finally:
+            stop(server, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
 
 
 async def test_two_servers_share_conversations_through_postgres(postgres_url: str) -> None:

@@ -62,7 +62,88 @@ CASES: list[tuple[str, list[str]]] = [
     ),
     ("좋아요.그럼 갑시다.", ["좋아요.", "그럼 갑시다."]),
     ("你好。我很好！谢谢？", ["你好。", "我很好！", "谢谢？"]),
-    ("今日は晴れです。「本当？」と聞いた。", ["今日は晴れです。", "「本当？」", "と聞いた。"]),
+    ("今日は晴れです。「本当？」と聞いた。", ["今日は晴れです。", "「本当？」と聞いた。"]),
+    # quoted speech stays whole when the outer sentence goes on after the closing quote
+    # English: a lowercase word after the quote; straight, curly and single quotes
+    (
+        'She whispered "Is anyone there?" and stepped inside. Then silence.',
+        ['She whispered "Is anyone there?" and stepped inside.', "Then silence."],
+    ),
+    ("He shouted 'Wait!' and ran after the bus.", ["He shouted 'Wait!' and ran after the bus."]),
+    (
+        "She asked “Why not?” and smiled. He agreed.",
+        ["She asked “Why not?” and smiled.", "He agreed."],
+    ),
+    ("He said ‘Stop!’ and froze.", ["He said ‘Stop!’ and froze."]),
+    (
+        '"Really?!" she asked. "Yes." he said.',
+        ['"Really?!" she asked.', '"Yes." he said.'],
+    ),
+    # nested quotes, and apostrophes inside quotes (they neither open nor close a quote)
+    (
+        "He said \"She told me 'Run!' and left.\" and smiled. Then he slept.",
+        ["He said \"She told me 'Run!' and left.\" and smiled.", "Then he slept."],
+    ),
+    (
+        "He said \"She yelled 'Run!'\" and left. Then he slept.",
+        ["He said \"She yelled 'Run!'\" and left.", "Then he slept."],
+    ),
+    (
+        "He said 'I can't!' and left. The dogs' bowls were empty. It's late.",
+        ["He said 'I can't!' and left.", "The dogs' bowls were empty.", "It's late."],
+    ),
+    ("She said ‘it’s late!’ and left.", ["She said ‘it’s late!’ and left."]),
+    # English: a new sentence after the quote is still a cut
+    ('He said "No." Then he left.', ['He said "No."', "Then he left."]),
+    ("He yelled 'Stop!' The car stopped.", ["He yelled 'Stop!'", "The car stopped."]),
+    ('She called him "Dr." Then she laughed.', ['She called him "Dr."', "Then she laughed."]),
+    ("She said “Hi!”\nand left.", ["She said “Hi!”", "and left."]),
+    # "No." is a sentence; "No. 5" is an abbreviation
+    ("No. Then he left. See No. 5 now.", ["No.", "Then he left.", "See No. 5 now."]),
+    # the last mark of a run decides, as before: "...?" is a question
+    ("Wait...? what now. Ok.", ["Wait...?", "what now.", "Ok."]),
+    # Korean: any syllable attached to the closing quote is a particle or ending; after a
+    # space only 하다 (하고, 했다) goes on
+    (
+        '민수는 "벌써 끝났어?"라고 물었다. 그리고 웃었다.',
+        ['민수는 "벌써 끝났어?"라고 물었다.', "그리고 웃었다."],
+    ),
+    ('엄마가 "밥 먹자."고 하셨어요.', ['엄마가 "밥 먹자."고 하셨어요.']),
+    ('그는 "어머나!"하고 놀랐다.', ['그는 "어머나!"하고 놀랐다.']),
+    ('그는 "어머나!" 하고 놀랐다.', ['그는 "어머나!" 하고 놀랐다.']),
+    ('그녀는 "괜찮아."며 웃었다.', ['그녀는 "괜찮아."며 웃었다.']),
+    ('그는 "내일 보자!"라며 떠났다.', ['그는 "내일 보자!"라며 떠났다.']),
+    ('그는 "좋은 아침!"이라고 인사했다.', ['그는 "좋은 아침!"이라고 인사했다.']),
+    ("그는 ‘이제 시작이다.’라고 생각했다.", ["그는 ‘이제 시작이다.’라고 생각했다."]),
+    ("그는 '됐어!'라고 말했다.", ["그는 '됐어!'라고 말했다."]),
+    ('"좋아!" 그녀가 웃었다.', ['"좋아!"', "그녀가 웃었다."]),
+    ("“정말요?” 민수가 물었다.", ["“정말요?”", "민수가 물었다."]),
+    # Japanese: と and って go on; kanji or other kana after 」 start a new sentence
+    ("母は「早く寝なさい。」と言った。", ["母は「早く寝なさい。」と言った。"]),
+    ("彼は「無理だ！」って言った。", ["彼は「無理だ！」って言った。"]),
+    ("『行こう。』と彼女は言った。", ["『行こう。』と彼女は言った。"]),
+    ('母は"早く寝なさい。"と言った。', ['母は"早く寝なさい。"と言った。']),
+    ("「おはよう。」母が言った。", ["「おはよう。」", "母が言った。"]),
+    ("「はい。」それから帰った。", ["「はい。」", "それから帰った。"]),
+    # Chinese: a Han character right after the closing quote goes on
+    ('"我们走吧。"他说。', ['"我们走吧。"他说。']),
+    ("“我们走吧。”他说。", ["“我们走吧。”他说。"]),
+    ("「我們走吧。」他說。", ["「我們走吧。」他說。"]),
+    # Chinese: an opening quote, or a space, after the sentence end is still a cut
+    ('天黑了。"我们走吧。"他说。', ["天黑了。", '"我们走吧。"他说。']),
+    ('"好的。""谢谢。"', ['"好的。"', '"谢谢。"']),
+    ("“好的。”“谢谢。”", ["“好的。”", "“谢谢。”"]),
+    ('"我们走吧。" 然后他们走了。', ['"我们走吧。"', "然后他们走了。"]),
+    # an apostrophe earlier in the answer does not open a quote, so "。'我" still opens one
+    ("It's dark. 天黑了。'我们走吧。'他说。", ["It's dark.", "天黑了。", "'我们走吧。'他说。"]),
+    (
+        "The dogs' bowls are empty. 天黑了。'我们走吧。'他说。",
+        ["The dogs' bowls are empty.", "天黑了。", "'我们走吧。'他说。"],
+    ),
+    (
+        "In the '90s it was 'cool!' to say. 天黑了。'我们走吧。'他说。",
+        ["In the '90s it was 'cool!' to say.", "天黑了。", "'我们走吧。'他说。"],
+    ),
     # first-unit clause cut (latency), later clauses only when long
     (
         "The moon is our only natural satellite, and it is big. It orbits us, slowly.",
@@ -121,6 +202,30 @@ def test_a_cjk_sentence_end_needs_no_space() -> None:
     assert seg.feed("我") == ["你好。"]
 
 
+def test_quoted_speech_is_decided_by_the_first_character_after_the_quote() -> None:
+    seg = Segmenter()
+    assert seg.feed('He said "No."') == []
+    assert seg.feed(" ") == []
+    assert seg.feed("T") == ['He said "No."']  # a capital: a new sentence
+    seg = Segmenter()
+    assert seg.feed('She whispered "Is anyone there?" ') == []
+    assert seg.feed("a") == []  # lowercase: the sentence goes on
+    assert seg.feed("nd stepped inside. N") == [
+        'She whispered "Is anyone there?" and stepped inside.'
+    ]
+    seg = Segmenter()
+    assert seg.feed('"좋아!" ') == []
+    assert seg.feed("그") == ['"좋아!"']
+    seg = Segmenter()
+    assert seg.feed('민수는 "벌써 끝났어?"') == []
+    assert seg.feed("라") == []
+    assert seg.feed("고 물었다.") == []
+    assert seg.flush() == ['민수는 "벌써 끝났어?"라고 물었다.']
+    seg = Segmenter()
+    assert seg.feed('天黑了。"') == []  # an opening or a closing quote? The next character says.
+    assert seg.feed("我") == ["天黑了。"]
+
+
 def test_korean_syllables_split_across_tokens_are_joined() -> None:
     seg = Segmenter()
     deltas = ["안녕하세", "요. 만나서", " 반갑습니다."]
@@ -158,7 +263,13 @@ def test_flush_resets_the_segmenter_for_reuse() -> None:
 
 
 _ALPHABET = st.sampled_from(
-    [*"abcXYZ019 .,!?;:…—\"')(\n", "Mr", "e.g", "3.1", "www.a.b", "안녕", "요", "。", "你"]
+    [
+        *"abcXYZ019 .,!?;:…—\"')(\n",
+        *["Mr", "e.g", "3.1", "www.a.b", "안녕", "요", "。", "你"],
+        # quotes: curly, CJK, apostrophes, particles and kana that continue after a quote
+        *"“”‘’「」『』？",
+        *["라고", "と", "って", "No", "don't", "s' "],
+    ]
 )
 
 
@@ -181,3 +292,7 @@ def test_no_text_lost_or_reordered_and_split_invariant(parts: list[str], max_cha
     assert all(ch in remaining for ch in spoken)  # the units are the text, in order
     assert all(unit.strip() == unit and unit for unit in streamed)
     assert all(any(ch.isalnum() for ch in unit) for unit in streamed)
+
+
+# Linear cost on hostile input (long runs of marks, quotes, spaces...) is measured, not timed
+# here: scripts/bench_segmenter.py --worst feeds each run at 1x and 8x and prints the ratio.

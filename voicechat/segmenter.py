@@ -14,6 +14,11 @@ Where a unit ends:
   ``wait... what``); a title or abbreviation (``Mr.``, ``Dr.``, ``e.g.``, ``vs.``) or an initial
   (``J. R. R. Tolkien``, ``U.S.``) is not an end. ``a.m.``/``etc.``-style abbreviations end a
   sentence only before a capital letter. A bare list number (``1.``) never forms a unit.
+* Quoted speech stays whole: a sentence end followed by a closing quote is not a cut when the
+  first non-space character after the quote continues the outer sentence (``"Is anyone there?"
+  and stepped``, ``"벌써 끝났어?"라고``, ``「寝なさい。」と``, ``"我们走吧。"他说``); see
+  ``_continues`` and docs/segmenter.md for the exact rule, and ``_classify`` for how a quote
+  mark is told from an opening quote or an apostrophe.
 * Clause marks (``, ; :`` followed by a space, ``—``, CJK ``，、；：``) are optional cuts, taken for
   the first unit once it is ``first_clause_min_chars`` long (the first unit sets the latency the
   user hears), and for any unit once it is ``clause_min_chars`` long.
@@ -24,8 +29,13 @@ Where a unit ends:
 * Units are stripped; a unit without a letter or digit is joined to the next one (or, at the
   very end of the answer, dropped), so nothing unspeakable (a lone ``—``, ``...``) is returned.
 
-Cost: a regular expression jumps from one candidate mark to the next, and the scan resumes where
-it stopped, so each character is looked at a bounded number of times (no re-scan per delta).
+Cost: every character is looked at a bounded number of times. A regular expression jumps from
+one candidate mark to the next and the scan resumes where it stopped; the look-ahead of an
+undecided mark (its run of marks and closers, the spaces after it) is remembered across deltas
+instead of being walked again, and never goes further than ``max_chars``; the quote tracker and
+the search for the unit's first letter also resume where they stopped; positions are offsets
+into one buffer, which is trimmed only when a delta arrives, so a long delta is not copied once
+per unit.
 """
 
 from __future__ import annotations
@@ -36,18 +46,39 @@ import re
 _CANDIDATE = re.compile(r"[.!?…。！？．\n,;:—，、；：]")
 _SENTENCE_ASCII = frozenset(".!?…")
 _SENTENCE_CJK = frozenset("。！？．")
-_CLAUSE_ASCII = frozenset(",;:")
+_SENTENCE = _SENTENCE_ASCII | _SENTENCE_CJK
 _CLAUSE_NO_SPACE = frozenset("—，、；：")
-_CLOSERS = frozenset("\"'”’)]}»」』）】》〉")
-_RUN = _SENTENCE_ASCII | _SENTENCE_CJK | _CLOSERS
+# Quote marks. ``"`` ``'`` ``’`` are ambiguous (opening or closing quote, or an apostrophe) and
+# are classified in context; the others always open or always close.
+_QUOTE_OPEN = frozenset("“‘「『")
+_QUOTE_CLOSE = frozenset("”」』")
+_QUOTE_AMBIGUOUS = frozenset("\"'’")
+_BRACKET_CLOSERS = frozenset(")]}»）】》〉")
+_CLOSERS = _BRACKET_CLOSERS | _QUOTE_CLOSE | _QUOTE_AMBIGUOUS
+_RUN = _SENTENCE | _CLOSERS
 _OPENERS = "\"'“‘([{«「『（【《〈"
+# After these (or whitespace, or the start of the text) a straight quote opens.
+_OPEN_CONTEXT = frozenset("([{«（【《〈“‘「『")
+# Which open quotes each closing mark closes (LLMs sometimes mix straight and curly quotes).
+_CLOSES = {'"': '"“', "”": '“"', "'": "'‘", "’": "‘'", "」": "「", "』": "『"}
+_MAX_OPEN_QUOTES = 8
+# The quote tracker visits quote marks and line breaks, and kana until the first one is seen.
+_QUOTE_SCAN = re.compile("[\"'“”‘’「」『』\n]")
+_QUOTE_OR_KANA_SCAN = re.compile("[\"'“”‘’「」『』\n\u3041-\u3096\u30a1-\u30fa]")
+_ALNUM = re.compile(r"[^\W_]")  # what str.isalnum() accepts
+# After a closing quote: kana that continue a Japanese sentence (と言った, って) and the Hangul
+# syllables that continue a Korean one even after a space (하고/하며/하는, 했다: the verb 하다).
+_KANA_CONTINUE = frozenset("とっ")
+_HANGUL_CONTINUE_SPACED = frozenset("하했")
 
 # A period after these never ends a sentence (a name or a continuation always follows).
 _NEVER_END = frozenset(
     "mr mrs ms mx dr prof sr jr st rev fr gen col lt capt sgt cmdr mt ft gov sen rep pres "
-    "hon fig figs eq vol ch sec pp p no nos vs cf e.g i.e viz approx ca est dept univ "
+    "hon fig figs eq vol ch sec pp p vs cf e.g i.e viz approx ca est dept univ "
     "assn bros".split()
 )
+# A period after these ends a sentence unless a digit follows ("No. 5", but "He said no. Then").
+_BEFORE_NUMBER = frozenset(("no", "nos"))
 # A period after these ends a sentence only when a capital letter follows.
 _END_BEFORE_CAPITAL = frozenset(
     "etc inc ltd co corp llc jan feb mar apr jun jul aug sep sept oct nov dec "
@@ -69,12 +100,37 @@ def _is_cjk(ch: str) -> bool:
     )
 
 
+def _is_han(ch: str) -> bool:
+    code = ord(ch)
+    return 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF
+
+
+def _is_hangul_syllable(ch: str) -> bool:
+    return 0xAC00 <= ord(ch) <= 0xD7A3
+
+
 def _has_speech(text: str) -> bool:
-    return any(ch.isalnum() for ch in text)
+    return _ALNUM.search(text) is not None
 
 
 class _Wait(Exception):
     """Internal: the decision needs text that has not arrived yet."""
+
+
+class _Look:
+    """The look-ahead of an undecided mark, kept across deltas so it is never walked twice."""
+
+    __slots__ = ("cjk", "done", "dot", "end", "nxt", "pos", "quoted", "single_period")
+
+    def __init__(self, pos: int, mark: str) -> None:
+        self.pos = pos
+        self.end = pos + 1  # the run of marks and closers walked so far ends here
+        self.done = False  # the run is complete
+        self.cjk = mark in _SENTENCE_CJK  # a CJK sentence mark in the run
+        self.dot = mark in ".…"  # the run's last sentence mark is a period or an ellipsis
+        self.single_period = mark == "."  # the run is one period and closers
+        self.quoted = False  # a closing quote in the run
+        self.nxt = 0  # the spaces after the run were walked up to here
 
 
 class Segmenter:
@@ -92,143 +148,356 @@ class Segmenter:
         self.max_chars = max_chars
         self.first_clause_min_chars = first_clause_min_chars
         self.clause_min_chars = clause_min_chars
-        self._buf = ""  # the current unit and whatever has arrived after it
+        self._reset()
+
+    def _reset(self) -> None:
+        self._buf = ""  # text not yet emitted, plus at most one character before it
+        self._start = 0  # where the current unit starts in _buf
         self._scan = 0  # where the search for the next candidate resumes
         self._emitted = 0  # units returned so far (the first unit gets early clause cuts)
+        self._look: _Look | None = None  # the undecided mark at _scan, if any
+        self._alnum_at = -1  # the unit's first letter or digit, once found
+        self._alnum_scan = 0  # _buf[_start:_alnum_scan] has no letter or digit
+        self._quotes: list[str] = []  # the open quotes, innermost last
+        self._qpos = 0  # quote marks before this position have been classified
+        self._japanese = False  # kana seen in this answer
 
     def feed(self, delta: str) -> list[str]:
         """Add streamed text; return the units it completed, in order."""
-        # The buffer never starts with whitespace, so limits count the same for any split.
-        self._buf = self._buf + delta if self._buf else delta.lstrip()
-        if not self._buf:
-            return []
+        if self._start > self.max_chars:
+            self._trim()
+        self._buf += delta
         return self._drain(final=False)
 
     def flush(self) -> list[str]:
         """End of the answer: return every remaining unit and reset for reuse."""
         units = self._drain(final=True)
-        rest = self._buf.strip()
+        rest = self._buf[self._start :].strip()
         if _has_speech(rest):
             units.append(rest)
-        self._buf, self._scan, self._emitted = "", 0, 0
+        self._reset()
         return units
 
     # --- internals --------------------------------------------------------------------------
 
+    def _trim(self) -> None:
+        """Drop emitted text (called once there is more than a unit of it), keeping one character
+        of context before what is still needed. Positions are offsets into _buf, so a long delta
+        is drained without copying it once per unit."""
+        start = self._start
+        if self._qpos < start:
+            # Quote marks in emitted text are classified now (each needs the character after).
+            self._advance_quotes(min(start, len(self._buf) - 1), final=False)
+        keep = min(start, self._qpos) - 1
+        self._buf = self._buf[keep:]
+        self._start -= keep
+        self._scan -= keep
+        self._qpos -= keep
+        self._alnum_scan = max(self._alnum_scan - keep, 0)
+        if self._alnum_at >= 0:
+            self._alnum_at -= keep
+        if self._look is not None:
+            self._look.pos -= keep
+            self._look.end -= keep
+            self._look.nxt = max(self._look.nxt - keep, 0)
+
     def _drain(self, *, final: bool) -> list[str]:
         units: list[str] = []
+        buf = self._buf
+        size = len(buf)
+        if self._start < size and buf[self._start].isspace():
+            self._skip_space()  # the unit never starts with whitespace (a delta may start with it)
         while True:
-            match = _CANDIDATE.search(self._buf, self._scan)
-            if match is None or match.start() >= self.max_chars:
-                if len(self._buf) > self.max_chars:
+            limit = self._start + self.max_chars
+            match = _CANDIDATE.search(buf, self._scan, limit)
+            if match is None:
+                if size > limit:
+                    if self._scan < limit:
+                        self._scan = limit  # searched: no candidate before the limit
                     self._cut(self._force_cut_point(), units)
                     continue
-                self._scan = len(self._buf) if match is None else match.start()
+                self._scan = size
                 return units
             pos = match.start()
+            if pos + 1 == size and not final and buf[pos] != "\n":
+                self._scan = pos  # every mark but a line break needs the next character
+                return units
             try:
-                end = self._decide(pos, final)
+                cut, end = self._decide(pos, final)
             except _Wait:
                 self._scan = pos
                 return units
-            if end is None or not _has_speech(self._buf[:end]):
-                self._scan = pos + 1
-            else:
+            self._look = None
+            if cut and self._speech_before(end):
                 self._cut(end, units)
+            else:
+                self._scan = end  # the whole run is decided: its other marks are not candidates
 
     def _cut(self, end: int, units: list[str]) -> None:
-        unit = self._buf[:end].strip()
+        unit = self._buf[self._start : end].strip()
         if _has_speech(unit):  # only a forced cut through pure punctuation can fail this
             units.append(unit)
             self._emitted += 1
-        self._buf = self._buf[end:].lstrip()
-        self._scan = 0
+        self._start = end
+        self._scan = max(self._scan, end)
+        if self._alnum_at < end:
+            self._alnum_at = -1
+            self._alnum_scan = max(self._alnum_scan, end)
+        self._skip_space()
+
+    def _skip_space(self) -> None:
+        buf = self._buf
+        start = self._start
+        if start < len(buf) and buf[start].isspace():
+            while start < len(buf) and buf[start].isspace():
+                start += 1
+            self._start = start
+            self._scan = max(self._scan, start)
+            self._alnum_scan = max(self._alnum_scan, start)
+
+    def _speech_before(self, end: int) -> bool:
+        """Does the unit have a letter or digit before `end`? Resumes where it stopped."""
+        if self._alnum_at < 0:
+            match = _ALNUM.search(self._buf, self._alnum_scan, end)
+            if match is None:
+                self._alnum_scan = max(self._alnum_scan, end)
+                return False
+            self._alnum_at = match.start()
+        return self._alnum_at < end
 
     def _force_cut_point(self) -> int:
         """Last whitespace within the limit, else the limit itself (text without spaces)."""
-        head = self._buf[: self.max_chars + 1]
-        for index in range(len(head) - 1, 0, -1):
-            if head[index].isspace() and _has_speech(head[:index]):
-                return index
-        return self.max_chars
+        buf = self._buf
+        limit = self._start + self.max_chars
+        head_end = min(len(buf), limit + 1)
+        if self._speech_before(head_end):
+            for index in range(head_end - 1, self._alnum_at, -1):
+                if buf[index].isspace():
+                    return index
+        return limit
 
-    def _decide(self, pos: int, final: bool) -> int | None:
-        """Where the unit ends if the mark at `pos` is a cut; None if it is not; _Wait if unsure."""
+    # --- quotes -----------------------------------------------------------------------------
+
+    def _advance_quotes(self, target: int, final: bool) -> None:
+        """Classify every quote mark before `target` not yet seen, in order."""
+        buf = self._buf
+        index = self._qpos
+        while index < target:
+            pattern = _QUOTE_SCAN if self._japanese else _QUOTE_OR_KANA_SCAN
+            match = pattern.search(buf, index, target)
+            if match is None:
+                break
+            index = match.start()
+            ch = buf[index]
+            if ch == "\n":
+                self._quotes.clear()  # a quote does not run on past a paragraph
+            elif ch in _CLOSES or ch in _QUOTE_OPEN:
+                self._qpos = index
+                self._apply(ch, self._classify(index, final))
+            else:
+                self._japanese = True
+            index += 1
+        self._qpos = max(self._qpos, target)
+
+    def _quote_kind(self, index: int, final: bool) -> str:
+        """Classify the quote mark at `index` (the next one due) and update the open quotes."""
+        self._advance_quotes(index, final)
+        kind = self._classify(index, final)
+        self._apply(self._buf[index], kind)
+        self._qpos = index + 1
+        return kind
+
+    def _classify(self, index: int, final: bool) -> str:
+        """'open', 'close', or '' (an apostrophe or a stray mark) for the quote mark at `index`.
+
+        “ ‘ 「 『 always open and ” 」 』 always close. A straight quote opens after whitespace, the
+        start of the text or an opening bracket or quote; otherwise it closes a matching open
+        quote, and with none open it opens if a letter follows it (``。"我``) and closes if not
+        (``5" screen``, ``Wait!" and``). ``'`` and ``’`` right after a letter or digit of an
+        alphabetic script are apostrophes (``don't``, ``the dogs' bowls``, ``it’s``), except a
+        ``'``/``’`` that closes an open single quote and is not followed by a letter
+        (``'go' and``); so is a ``'`` before a digit at the start of a word (``'90s``). ``’``
+        never opens.
+        """
+        buf = self._buf
+        ch = buf[index]
+        if ch in _QUOTE_OPEN:
+            return "open"
+        if ch in _QUOTE_CLOSE:
+            return "close"
+        prev = buf[index - 1] if index > 0 else " "
+        is_open = any(quote in _CLOSES[ch] for quote in self._quotes)
+        opening_context = prev.isspace() or prev in _OPEN_CONTEXT
+        if ch != '"' and prev.isalnum() and not _is_cjk(prev):
+            if not is_open:
+                return ""  # "dogs' bowls", "don't"
+            return "" if self._next_is_word(index, final) else "close"
+        if opening_context:
+            if ch == "’" or (ch == "'" and self._next_char(index, final).isdigit()):
+                return ""  # "’90s", "'90s"
+            return "open"
+        if is_open or ch == "’":
+            return "close"
+        return "open" if self._next_is_word(index, final) else "close"
+
+    def _next_is_word(self, index: int, final: bool) -> bool:
+        return self._next_char(index, final).isalnum()
+
+    def _next_char(self, index: int, final: bool) -> str:
+        if index + 1 < len(self._buf):
+            return self._buf[index + 1]
+        if final:
+            return ""
+        raise _Wait
+
+    def _apply(self, ch: str, kind: str) -> None:
+        quotes = self._quotes
+        if kind == "open":
+            if len(quotes) >= _MAX_OPEN_QUOTES:
+                del quotes[0]
+            quotes.append(ch)
+        elif kind == "close":
+            opens = _CLOSES[ch]
+            for depth in range(len(quotes) - 1, -1, -1):
+                if quotes[depth] in opens:
+                    del quotes[depth:]
+                    break
+
+    def _continues(self, ch: str, *, spaced: bool) -> bool:
+        """After a sentence end and a closing quote, does `ch` continue the outer sentence?"""
+        if ch.islower() or ch in _KANA_CONTINUE:
+            return True  # 'and stepped inside', 'と言った', 'って'
+        if _is_hangul_syllable(ch):
+            # Attached to the quote, Hangul is a particle or ending (라고, 고, 며, 하고, 이라고,
+            # 는, 를...): Korean puts a space before a new sentence. After a space, only 하다.
+            return not spaced or ch in _HANGUL_CONTINUE_SPACED
+        # Chinese: '"我们走吧。"他说' (in Japanese, kanji after 」 starts a new sentence).
+        return not spaced and _is_han(ch) and not self._japanese
+
+    # --- decisions --------------------------------------------------------------------------
+
+    def _decide(self, pos: int, final: bool) -> tuple[bool, int]:
+        """(is the mark at `pos` a cut, where its unit or run ends); _Wait if unsure."""
         buf = self._buf
         mark = buf[pos]
         if mark == "\n":
-            return pos
-        if mark in _SENTENCE_ASCII or mark in _SENTENCE_CJK:
+            return True, pos + 1
+        if mark in _SENTENCE:
             return self._decide_sentence(pos, final)
         # Clause marks: optional, and only where they help.
-        if pos < self.clause_min_chars and (self._emitted > 0 or pos < self.first_clause_min_chars):
-            return None
-        end = pos + 1
-        while end < len(buf) and buf[end] in _CLOSERS:
-            end += 1
+        offset = pos - self._start
+        if offset < self.clause_min_chars and (
+            self._emitted > 0 or offset < self.first_clause_min_chars
+        ):
+            return False, pos + 1
+        look = self._walk_run(pos, final, sentence=False)
+        end = look.end
         if end == len(buf):
-            if final:
-                return end
-            raise _Wait
+            return True, end  # only when final: _walk_run waits otherwise
         if mark in _CLAUSE_NO_SPACE:
-            return end
-        return end if buf[end].isspace() else None
+            return True, end
+        return buf[end].isspace(), end
 
-    def _decide_sentence(self, pos: int, final: bool) -> int | None:
+    def _walk_run(self, pos: int, final: bool, *, sentence: bool) -> _Look:
+        """The run of sentence marks (if `sentence`) and closers from `pos`, resumed if waiting."""
+        look = self._look
+        if look is None or look.pos != pos:
+            look = self._look = _Look(pos, self._buf[pos])
+        if look.done:
+            return look
         buf = self._buf
-        end = pos
-        while end < len(buf) and buf[end] in _RUN:
-            end += 1
-        if end == len(buf):
-            if final:
-                return end
+        size = len(buf)
+        cap = pos + self.max_chars
+        index = look.end
+        while index < size and index < cap:
+            ch = buf[index]
+            if sentence and ch in _SENTENCE:
+                look.cjk = look.cjk or ch in _SENTENCE_CJK
+                look.dot = ch in ".…"  # the last mark decides: "Wait...? what" is a cut
+                look.single_period = False
+            elif ch in _BRACKET_CLOSERS:
+                pass
+            elif ch in _CLOSES:
+                look.end = index
+                if self._quote_kind(index, final) != "close":
+                    break
+                look.quoted = True
+            else:
+                break
+            index += 1
+        look.end = index
+        if index == size and not final:
             raise _Wait
-        run = buf[pos:end]
+        look.done = True
+        return look
+
+    def _decide_sentence(self, pos: int, final: bool) -> tuple[bool, int]:
+        buf = self._buf
+        size = len(buf)
+        look = self._look if self._look is not None and self._look.pos == pos else None
+        mark = buf[pos]
+        if look is None and pos + 1 < size and buf[pos + 1] not in _RUN:
+            # The common case, a lone mark: nothing to remember unless spaces make it wait.
+            end, nxt, cjk, quoted = pos + 1, pos + 1, mark in _SENTENCE_CJK, False
+            dot, single_period = mark in ".…", mark == "."
+        else:
+            look = self._walk_run(pos, final, sentence=True)
+            end, nxt, cjk, quoted = look.end, max(look.nxt, look.end), look.cjk, look.quoted
+            dot, single_period = look.dot, look.single_period
+        if end == size or end - pos >= self.max_chars:
+            return True, end  # the end of the answer, or a run of marks as long as a unit
         after = buf[end]
-        before = buf[pos - 1] if pos > 0 else ""
         if not after.isspace():
+            if quoted and self._continues(after, spaced=False):
+                return False, end  # '"벌써 끝났어?"라고', '"我们走吧。"他说'
             # "3.14", "example.com", "?q=": no space, no sentence end, except in CJK text,
             # where sentences follow each other without a space.
-            if any(ch in _SENTENCE_CJK for ch in run) or (
-                before != "" and _is_cjk(before) and _is_cjk(after)
-            ):
-                return end
-            return None
+            before = buf[pos - 1] if pos > self._start else ""
+            return cjk or (before != "" and _is_cjk(before) and _is_cjk(after)), end
         # Whitespace follows: find the first character of what comes next.
-        nxt = end
-        while nxt < len(buf) and buf[nxt].isspace():
-            if buf[nxt] == "\n":
-                return end
+        while nxt < size and buf[nxt].isspace():
+            if buf[nxt] == "\n" or nxt - end >= self.max_chars:
+                return True, end
             nxt += 1
-        if nxt == len(buf):
+        if nxt == size:
             if final:
-                return end
+                return True, end
+            if look is None:
+                look = self._look = _Look(pos, mark)
+                look.end, look.done = end, True
+            look.nxt = nxt
             raise _Wait
         following = buf[nxt]
-        if any(ch in _SENTENCE_CJK for ch in run):
-            return end
-        if "." in run or "…" in run:
+        if quoted and self._continues(following, spaced=True):
+            return False, end  # '"Is anyone there?" and stepped inside'
+        if cjk:
+            return True, end
+        if dot:
             if following.islower():
-                return None  # "e.g. this", "wait... what": the sentence goes on
-            if run.rstrip("".join(_CLOSERS)) == "." and self._is_abbreviation(pos, following):
-                return None
-        return end
+                return False, end  # "e.g. this", "wait... what": the sentence goes on
+            # A period inside a closing quote ends the quoted sentence: '"No." Then' is a cut.
+            if single_period and not quoted and self._is_abbreviation(pos, following):
+                return False, end
+        return True, end
 
     def _is_abbreviation(self, pos: int, following: str) -> bool:
         """Is the word before the period at `pos` an abbreviation, an initial or a list number?"""
+        buf = self._buf
         start = pos
-        while start > 0 and not self._buf[start - 1].isspace():
+        while start > self._start and not buf[start - 1].isspace():
             start -= 1
-        word = self._buf[start:pos].lstrip(_OPENERS)
+        word = buf[start:pos].lstrip(_OPENERS)
         if not word:
             return False
         lowered = word.lower()
         if lowered in _NEVER_END:
             return True
+        if lowered in _BEFORE_NUMBER:
+            return following.isdigit()
         if lowered in _END_BEFORE_CAPITAL:
             return not following.isupper()
         if _DOTTED_INITIALS.match(word) and word != "I":
             # "J." "U.S." are initials; "a.m"-like lowercase forms end before a capital.
             return word[0].isupper() or not following.isupper()
         # "1." alone at the start of a unit is a list marker, not a sentence.
-        return word.isdigit() and not self._buf[:start].strip()
+        return word.isdigit() and start == self._start
