@@ -79,7 +79,8 @@ async def one_answer(url: str, prompt: str) -> dict[str, Any]:
 
 def piper_rtf() -> float:
     """Piper's synthesis time per second of audio, measured in this process on sentences."""
-    from voicechat.tts.piper import PiperEngine, default_voice_path
+    from voicechat.engines.piper import PiperEngine
+    from voicechat.tts.piper import default_voice_path
 
     voice = PiperEngine(str(default_voice_path()))
     sentences = [

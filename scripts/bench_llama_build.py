@@ -19,7 +19,8 @@ import time
 
 import llama_cpp
 
-from voicechat.llm.local import SELF_CHECK_PROMPT, default_model_path
+from voicechat.engines.llama import SELF_CHECK_PROMPT
+from voicechat.llm.local import default_model_path
 
 GENERATE_TOKENS = 128
 

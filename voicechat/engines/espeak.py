@@ -19,8 +19,6 @@ _CALLBACK = ctypes.CFUNCTYPE(
 )
 # (voice, text) the self-check speaks: one voice of each script the router sends here.
 SELF_CHECK = ("ko", "안녕하세요.")
-# The router's script names -> espeak-ng voices.
-VOICES = {"hangul": "ko", "kana": "ja", "han": "cmn"}
 
 
 class EspeakEngine:
