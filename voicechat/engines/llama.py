@@ -40,11 +40,14 @@ class LlamaEngine:
         }
 
     def self_check(self) -> None:
-        """Evaluate a prompt of 64+ tokens and generate one token (a wrong build dies here)."""
+        """Evaluate a prompt of 64+ tokens and generate one token (a wrong build dies here),
+        through the chat path real requests take (its template is compiled once, here)."""
         tokens = self._llama.tokenize(SELF_CHECK_PROMPT.encode())
         if len(tokens) < SELF_CHECK_MIN_TOKENS:
             raise RuntimeError(f"self-check prompt is only {len(tokens)} tokens")
-        self._llama.create_completion(tokens, max_tokens=1, temperature=0.0)
+        self._llama.create_chat_completion(
+            messages=[{"role": "user", "content": SELF_CHECK_PROMPT}], max_tokens=1, temperature=0
+        )
         self._llama.reset()
 
     def run(

@@ -34,7 +34,8 @@ class PiperEngine:
         }
 
     def self_check(self) -> None:
-        if not any(chunk.audio_int16_bytes for chunk in self._voice.synthesize(SELF_CHECK_TEXT)):
+        pieces = self._voice.synthesize(SELF_CHECK_TEXT, self._config)
+        if not any(chunk.audio_int16_bytes for chunk in pieces):
             raise RuntimeError("Piper produced no audio for a test sentence")
 
     def run(
