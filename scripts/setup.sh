@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 say() { echo "setup: $*"; }
 
 debian_packages=(
-  libportaudio2   # PortAudio, which sounddevice plays audio through
+  libportaudio2     # PortAudio, which sounddevice plays audio through
+  build-essential   # a C/C++ compiler and make: llama-cpp-python is compiled here
 )
 if [ "${1:-}" = "test" ]; then
   debian_packages+=(
@@ -48,11 +49,12 @@ fi
 # has (AVX-512, AMX, ...), and dies with SIGILL on a machine, or in a VM, that lacks one or whose
 # kernel does not enable it. llama.cpp's run-time variant dispatch does not check what the OS
 # enables either (ggml-cpu's x86 scorer: "FIXME: this does not check for OS support"), so we build
-# one fixed baseline: x86-64-v3 (AVX2, FMA, F16C, BMI2; every x86-64 CPU since 2013-2015) on
-# x86-64, armv8-a with NEON on arm64. The wheel lands in a folder named after the version and the
+# one fixed baseline: x86-64-v3 (AVX2, FMA, F16C, BMI2: Intel Core since Haswell (2013), AMD
+# since Excavator (2015); not some Atom-based Pentium/Celeron chips) on x86-64, armv8-a with NEON
+# on arm64. The version is the one pyproject.toml pins. The wheel lands in a folder named after the version and the
 # flags, so a wheel built with other flags (pip's own cache keys wheels by version only) is never
 # reused; pip's cache is not read for this build at all.
-LLAMA_CPP_VERSION=0.3.36
+LLAMA_CPP_VERSION="$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | head -1 | cut -d= -f3)"
 build_portable_llama() {
   local arch flags
   arch="$(uname -m)"
@@ -72,9 +74,10 @@ build_portable_llama() {
   wheel_dir="${XDG_CACHE_HOME:-$HOME/.cache}/voicechat/wheels/llama-cpp-python-$LLAMA_CPP_VERSION-$arch-$key"
   # Already installed from exactly this folder? Then there is nothing to do.
   if python3 - "$wheel_dir" <<'PY' 2>/dev/null
-import importlib.metadata, sys
+import importlib.metadata, json, sys, urllib.parse
 dist = importlib.metadata.distribution("llama-cpp-python")
-sys.exit(0 if sys.argv[1] in (dist.read_text("direct_url.json") or "") else 1)
+url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+sys.exit(0 if sys.argv[1] + "/" in urllib.parse.unquote(url) else 1)
 PY
   then
     say "llama-cpp-python $LLAMA_CPP_VERSION: the portable build is installed"

@@ -24,6 +24,7 @@ import pytest
 
 from voicechat.client.connection import ChatConnection
 from voicechat.server import VoiceChatServer
+from voicechat.workers import Worker, WorkerDied
 from voicechat.workers.supervisor import describe_exit
 
 from .conftest import WAIT_S, collect_answer, read_until
@@ -243,3 +244,53 @@ def test_workers_die_with_a_killed_server(serve_process: Any) -> None:
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert [pid for pid in pids if alive(pid)] == []
+
+
+# --- the supervisor, on a real worker (espeak-ng: ready in ~0.1 s) ---------------------------
+
+
+async def test_a_stuck_worker_is_killed_and_its_request_fails() -> None:
+    worker = Worker("espeak", {}, label="espeak-ng", stall_timeout_s=1.0)
+    await worker.start()
+    try:
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # alive, answering nothing: a deadlock looks like this
+        with pytest.raises(WorkerDied, match="SIGKILL"):
+            async with asyncio.timeout(WAIT_S):
+                async for _ in worker.stream({"text": "안녕하세요.", "voice": "ko"}):
+                    pass
+        await worker.wait_ready(WAIT_S)
+        assert worker.pid != pid and worker.restarts == 1
+        assert [reply async for reply in worker.stream({"text": "안녕.", "voice": "ko"})]
+    finally:
+        await worker.aclose()
+    assert not alive(pid)
+
+
+async def test_a_worker_ignores_sigterm_meant_for_the_server() -> None:
+    worker = Worker("espeak", {}, label="espeak-ng")
+    await worker.start()
+    try:
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)  # as systemd sends it to the whole group on stop
+        replies = [reply async for reply in worker.stream({"text": "안녕.", "voice": "ko"})]
+        assert replies and replies[0]["pcm"]
+        assert worker.pid == pid and worker.restarts == 0
+    finally:
+        await worker.aclose()
+    assert not alive(pid)
+
+
+async def test_modules_in_the_working_directory_do_not_shadow_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "queue.py").write_text("raise SystemExit('the wrong queue module')\n")
+    monkeypatch.chdir(tmp_path)
+    worker = Worker("espeak", {}, label="espeak-ng")
+    try:
+        await worker.start()
+        assert worker.state == "ready"
+    finally:
+        await worker.aclose()

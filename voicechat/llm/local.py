@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -106,5 +107,6 @@ class WorkerChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         # Leaving this generator early (a cancelled answer) cancels the generation in the worker.
-        async for reply in self.worker.stream(self._request(messages)):
-            yield ChatGenerationChunk(message=AIMessageChunk(content=reply["text"]))
+        async with aclosing(self.worker.stream(self._request(messages))) as replies:
+            async for reply in replies:
+                yield ChatGenerationChunk(message=AIMessageChunk(content=reply["text"]))

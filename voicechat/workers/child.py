@@ -1,4 +1,4 @@
-"""The worker process: `python -m voicechat.workers.child KIND SETTINGS_JSON PARENT_PID`.
+"""The worker process: `python -P -m voicechat.workers.child KIND SETTINGS_JSON PARENT_PID`.
 
 It loads one engine, checks it (a real inference), says "ready", then runs requests one at a
 time in the main thread. A reader thread takes frames from stdin: a "cancel" marks a request so
@@ -91,10 +91,13 @@ def main(argv: list[str]) -> int:
     die_with_parent(parent_pid)
     # Frames go out on a private copy of stdout; fd 1 then points at stderr, so anything a
     # native library prints cannot corrupt the frames.
-    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    out = os.fdopen(os.dup(1), "wb")  # buffered: flush() writes a frame whole, even in pieces
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the server, which ends us
+    # Ctrl+C, or a SIGTERM sent to the whole process group (systemd, `kill -TERM -PGID`), is for
+    # the server, which drains its answers and then ends us by closing our stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")  # the server
     # prefixes each line with its own time, the worker's kind and pid
     channel = Channel(out)

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,9 @@ READY_TIMEOUT_S = 180.0  # load + self-check; a cold disk and a busy CPU can be 
 WAIT_READY_S = 60.0  # how long a request waits for a restarting worker before it fails
 STOP_WAIT_S = 2.0  # after stdin closes, how long a worker gets to exit before SIGKILL
 RESTART_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # the last one repeats
-HEALTHY_AFTER_S = 60.0  # a worker that served this long resets the backoff
+HEALTHY_AFTER_S = 60.0  # a worker that lived this long since its start resets the backoff
+STALL_TIMEOUT_S = 30.0  # requests in flight and not a frame for this long: the worker is stuck
+FAIL_FAST_AFTER = 2  # restarts failing in a row: requests fail at once instead of waiting
 
 _SIGNAL_TEXT = {
     signal.SIGILL: "illegal instruction",
@@ -85,8 +88,16 @@ class _Process:
     stage: str = "starting"
     fatal: str | None = None
     started_at: float = field(default_factory=time.monotonic)
+    last_activity: float = field(default_factory=time.monotonic)  # last frame in or request out
     reader: asyncio.Task[int] | None = None
     stderr: asyncio.Task[None] | None = None
+    watchdog: asyncio.Task[None] | None = None
+
+    def kill(self) -> None:
+        """SIGKILL by pid while it runs (Popen.kill() could reap it behind asyncio's back)."""
+        if self.process.returncode is None:
+            with suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
 
     @property
     def pid(self) -> int:
@@ -105,6 +116,7 @@ class Worker:
         sigill_hint: str = "",
         ready_timeout_s: float = READY_TIMEOUT_S,
         wait_ready_s: float = WAIT_READY_S,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
     ) -> None:
         self.kind = kind
         self.settings = settings
@@ -112,6 +124,7 @@ class Worker:
         self.sigill_hint = sigill_hint  # what an illegal instruction most likely means here
         self.ready_timeout_s = ready_timeout_s
         self.wait_ready_s = wait_ready_s
+        self.stall_timeout_s = stall_timeout_s
         self.state = "stopped"  # starting, ready, restarting, stopped
         self.restarts = 0
         self.info: dict[str, Any] = {}  # what the engine said about itself when ready
@@ -122,6 +135,7 @@ class Worker:
         self._ids = itertools.count()
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        self._failed_restarts = 0  # restarts in a row that did not come up
 
     @property
     def pid(self) -> int | None:
@@ -137,30 +151,38 @@ class Worker:
 
     async def start(self) -> None:
         """Start the worker and wait until its self-check passed; WorkerStartError if not."""
+        if self._closing:
+            raise WorkerStartError(f"{self.label} is shut down")
         process = await self._start_process()
         self._supervisor = asyncio.create_task(self._supervise(process), name=f"{self.kind}-sup")
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Until the worker is ready (after a restart too); WorkerError after `timeout_s`."""
-        if self._closing:
-            raise WorkerError(f"{self.label} is shut down")
+        """Until the worker is ready (after a restart too); WorkerError after `timeout_s`, at
+        once when it is shut down or its restarts keep failing."""
+        if not self._ready.is_set() and self._failed_restarts >= FAIL_FAST_AFTER:
+            raise WorkerError(f"{self.label} keeps failing to restart; try again later")
         try:
             await asyncio.wait_for(self._ready.wait(), timeout_s or self.wait_ready_s)
         except TimeoutError:
             raise WorkerError(f"{self.label} is restarting; try again shortly") from None
+        if self._closing:  # aclose() sets the event to wake every waiter
+            raise WorkerError(f"{self.label} is shut down")
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Run one request; yield its data frames. Leaving early cancels it in the worker."""
+        request_id = next(self._ids)
+        frame = wire.encode({"op": "run", "id": request_id, "req": request})
+        if len(frame) > wire.MAX_FRAME_BYTES:
+            raise WorkerError(f"request too large for {self.label} ({len(frame)} bytes)")
         while not self._ready.is_set():  # (cleared again if it died while we woke up)
             await self.wait_ready()
         current = self._current
         assert current is not None
-        request_id = next(self._ids)
         replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending[request_id] = replies
         finished = False
         try:
-            self._send(current, {"op": "run", "id": request_id, "req": request})
+            self._write(current, frame)
             while True:
                 reply = await replies.get()
                 kind = reply["t"]
@@ -176,18 +198,19 @@ class Worker:
         finally:
             self._pending.pop(request_id, None)
             if not finished:
-                self._send(current, {"op": "cancel", "id": request_id})
+                self._write(current, wire.encode({"op": "cancel", "id": request_id}))
 
     async def aclose(self) -> None:
         """End the worker: close its stdin (it exits), SIGKILL it if it does not, reap it."""
         self._closing = True
-        self._ready.clear()
+        self._ready.set()  # wakes every request waiting for a restart; they see _closing
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
         if self._current is not None:
             await self._stop_process(self._current)
         self._fail_pending(f"{self.label} was shut down")
+        self._ready.clear()
         self.state = "stopped"
 
     # --- one process ------------------------------------------------------------------------
@@ -196,20 +219,25 @@ class Worker:
         """Spawn, wait for ready; on any failure the process is gone before this raises."""
         self.state = "starting"
         started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "voicechat.workers.child",
-            self.kind,
-            json.dumps(self.settings),
-            str(os.getpid()),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-P",  # not the working directory's modules (a queue.py there, say) first
+                "-m",
+                "voicechat.workers.child",
+                self.kind,
+                json.dumps(self.settings),
+                str(os.getpid()),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:  # out of file descriptors or processes, say
+            raise WorkerStartError(f"cannot start {self.label}: {exc}") from None
         current = _Process(process, asyncio.get_running_loop().create_future())
         current.reader = asyncio.create_task(self._read(current), name=f"{self.kind}-reader")
         current.stderr = asyncio.create_task(self._forward_log(current), name=f"{self.kind}-log")
+        current.watchdog = asyncio.create_task(self._watch(current), name=f"{self.kind}-watch")
         self._current = current
         done, _ = await asyncio.wait(
             {current.ready, current.reader},
@@ -244,6 +272,7 @@ class Worker:
         assert stdout is not None
         try:
             while (frame := await wire.read_async(stdout)) is not None:
+                current.last_activity = time.monotonic()
                 kind = frame.get("t")
                 if kind in ("data", "end", "error"):
                     replies = self._pending.get(frame.get("id", -1))
@@ -255,12 +284,30 @@ class Worker:
                     current.ready.set_result(dict(frame.get("info") or {}))
                 elif kind == "fatal":
                     current.fatal = str(frame.get("message"))
-        except wire.WireError as exc:
-            log.error(
-                "%s worker (pid %d) sent garbage (%s); ending it", self.kind, current.pid, exc
-            )
-            current.process.kill()
+        except wire.WireError as exc:  # garbage, or the pipe ended inside a frame (it died)
+            log.error("%s worker (pid %d): %s; ending it", self.kind, current.pid, exc)
+            current.kill()
+        finally:
+            if current is self._current:
+                self._ready.clear()  # no new request goes to it from here on
         return await current.process.wait()
+
+    async def _watch(self, current: _Process) -> None:
+        """Kill a worker that is alive but stuck: requests in flight, no frame for too long."""
+        while current.process.returncode is None:
+            await asyncio.sleep(1.0)
+            silent = time.monotonic() - current.last_activity
+            if self._pending and current is self._current and silent > self.stall_timeout_s:
+                log.error(
+                    "%s worker (pid %d) sent nothing for %.0f s with %d request(s) in flight;"
+                    " killing it",
+                    self.kind,
+                    current.pid,
+                    silent,
+                    len(self._pending),
+                )
+                current.kill()
+                return
 
     async def _forward_log(self, current: _Process) -> None:
         """The worker's stderr (its log lines, and whatever native code prints) into our log."""
@@ -280,12 +327,13 @@ class Worker:
             )
             log.log(level, "[%s %d] %s", self.kind, current.pid, text)
 
-    def _send(self, current: _Process, message: dict[str, Any]) -> None:
+    def _write(self, current: _Process, frame: bytes) -> None:
         stdin = current.process.stdin
         if stdin is None or stdin.is_closing() or current.process.returncode is not None:
             return  # it is dead or dying: the reader reports that
+        current.last_activity = time.monotonic()
         try:
-            stdin.write(wire.encode(message))
+            stdin.write(frame)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -297,10 +345,9 @@ class Worker:
                 await asyncio.wait_for(process.wait(), STOP_WAIT_S)
             except TimeoutError:
                 log.warning("%s worker (pid %d) did not exit; killing it", self.kind, current.pid)
-        if process.returncode is None:
-            process.kill()
+        current.kill()
         await process.wait()
-        for task in (current.reader, current.stderr):
+        for task in (current.reader, current.stderr, current.watchdog):
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
 
@@ -315,15 +362,18 @@ class Worker:
         failures = 0
         while True:
             assert current.reader is not None
-            code = await current.reader
-            if current.stderr is not None:
-                await asyncio.gather(current.stderr, return_exceptions=True)
+            code = await asyncio.gather(current.reader, return_exceptions=True)
+            await asyncio.gather(
+                *(task for task in (current.stderr, current.watchdog) if task),
+                return_exceptions=True,
+            )
             self._ready.clear()
-            lived = time.monotonic() - current.started_at
-            what = f"{self.label} worker (pid {current.pid}) {describe_exit(code)}"
+            status = code[0] if isinstance(code[0], int) else current.process.returncode
+            what = f"{self.label} worker (pid {current.pid}) {describe_exit(status)}"
             log.error("%s; restarting it", what)
             self._fail_pending(f"{what}; restarting it")
-            failures = 0 if lived > HEALTHY_AFTER_S else failures
+            if time.monotonic() - current.started_at > HEALTHY_AFTER_S:
+                failures = 0
             self.state = "restarting"
             while True:
                 self.restarts += 1
@@ -331,8 +381,10 @@ class Worker:
                 failures += 1
                 try:
                     current = await self._start_process()
-                except WorkerStartError as exc:
+                except Exception as exc:  # WorkerStartError, or anything unforeseen: retry
                     log.error("restarting %s failed: %s", self.kind, exc)
+                    self._failed_restarts += 1
                     self.state = "restarting"
                     continue
+                self._failed_restarts = 0
                 break
