@@ -180,6 +180,13 @@ def serve(
     max_connections: Annotated[
         int, _option("--max-connections", "Open connections; over it: HTTP 503.", min=1)
     ] = LIMITS.max_connections,
+    max_handshakes: Annotated[
+        int,
+        _option("--max-handshakes", "Connections still in the handshake; past it: drop.", min=1),
+    ] = LIMITS.max_handshakes,
+    handshake_timeout: Annotated[
+        float, _option("--handshake-timeout", "Seconds to finish the handshake.", min=0.1)
+    ] = LIMITS.handshake_timeout_s,
     messages_per_minute: Annotated[
         int, _option("--messages-per-minute", "Per connection (bursts of 20).", min=1)
     ] = LIMITS.messages_per_minute,
@@ -225,6 +232,8 @@ def serve(
         max_text_chars=max_text_chars,
         max_frame_bytes=max_frame_bytes,
         max_connections=max_connections,
+        max_handshakes=max_handshakes,
+        handshake_timeout_s=handshake_timeout,
         messages_per_minute=messages_per_minute,
         idle_timeout_s=idle_timeout,
         ping_interval_s=ping_interval,

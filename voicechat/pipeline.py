@@ -116,6 +116,8 @@ class Answer:
         self._tts_slots = asyncio.Semaphore(max(1, settings.tts_concurrency))
         self._tts_tasks: list[asyncio.Task[None]] = []
         self.truncated: str | None = None  # which limit ended the answer early, if one did
+        # Its own id, so that after a cancel we can tell whether the graph stored it already.
+        self.user_message = HumanMessage(user_text, id=f"user-{response_id}")
 
     @property
     def config(self) -> dict[str, Any]:
@@ -164,7 +166,7 @@ class Answer:
                 units.put_nowait(unit)
 
         stream = self.graph.astream(
-            {"messages": [HumanMessage(self.user_text)]}, self.config, stream_mode="messages"
+            {"messages": [self.user_message]}, self.config, stream_mode="messages"
         )
         message_id: str | None = None
         deltas = 0
@@ -174,7 +176,8 @@ class Answer:
                     break  # the audio limit was reached: stop the LLM too
                 if not is_spoken(message, metadata):
                     continue
-                delta = message_text(message)
+                # A lone surrogate (e.g. from a JSON escape) cannot be encoded: U+FFFD instead.
+                delta = protocol.without_lone_surrogates(message_text(message))
                 if not delta:
                     continue  # every answer ends with an empty chunk
                 if self.first_text_at is None:
@@ -287,13 +290,20 @@ class Answer:
         return frame
 
     async def keep_partial_text(self) -> None:
-        """After a cancel or failure: keep what was said, so turns still alternate."""
+        """After a cancel or failure: keep the user's message and what was said, so every user
+        message is in the history exactly once and turns alternate. An answer cancelled before
+        the graph even started stores its user message and an empty assistant turn."""
         try:
             state = await self.graph.aget_state(self.config)
             messages = state.values.get("messages", []) if state and state.values else []
-            if messages and isinstance(messages[-1], AIMessage):
-                return  # the node finished and stored the answer itself
-            await self.graph.aupdate_state(self.config, {"messages": [AIMessage(self.text)]})
+            ids = [getattr(message, "id", None) for message in messages]
+            if self.user_message.id in ids[:-1]:
+                return  # the node finished and stored the answer after the user's message
+            # The user's message goes in again with its id: the reducer replaces it where the
+            # graph had stored it, and appends it where it had not (cancelled before the graph
+            # ran, or while its input was only a pending write, which this update supersedes).
+            update = [self.user_message, AIMessage(self.text)]
+            await self.graph.aupdate_state(self.config, {"messages": update})
         except Exception:
             log.exception("could not store the partial answer of %s", self.response_id)
 

@@ -7,6 +7,7 @@ See docs/protocol.md for the message table.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,23 @@ TOKEN_SUBPROTOCOL_PREFIX = "voicechat.token."
 
 MAX_ID_CHARS = 200
 
+# A lone UTF-16 surrogate (U+D800 to U+DFFF) is what a JSON escape such as "\ud800" decodes to in
+# Python; UTF-8 cannot encode it, so no frame carrying one could ever be sent. Paired escapes
+# ("\ud83d\ude00") decode to one character and are fine.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def has_lone_surrogate(text: str) -> bool:
+    return _LONE_SURROGATE.search(text) is not None
+
+
+def without_lone_surrogates(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD, so it can be encoded as UTF-8."""
+    if text.isascii():  # constant time in CPython: most frames are ASCII
+        return text
+    return _LONE_SURROGATE.sub(REPLACEMENT_CHARACTER, text)
+
 
 class ProtocolError(Exception):
     """A client frame that cannot be accepted; `code` is the wire error code."""
@@ -64,6 +82,15 @@ class ResumeSession:
 
 
 ClientMessage = UserMessage | CancelResponse | ResumeSession
+
+
+def _check_encodable(field: str, value: str) -> None:
+    if has_lone_surrogate(value):
+        raise ProtocolError(
+            BAD_MESSAGE,
+            f"'{field}' holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), "
+            "which is not text and cannot be encoded as UTF-8",
+        )
 
 
 def parse_client_message(frame: str | bytes, *, max_text_chars: int) -> ClientMessage:
@@ -96,6 +123,9 @@ def parse_client_message(frame: str | bytes, *, max_text_chars: int) -> ClientMe
             raise ProtocolError(
                 BAD_MESSAGE, f"'id' must be a string of at most {MAX_ID_CHARS} characters"
             )
+        _check_encodable("text", text)
+        if msg_id is not None:
+            _check_encodable("id", msg_id)  # echoed as in_reply_to
         return UserMessage(text=text, id=msg_id)
     if kind == "response.cancel":
         return CancelResponse()
@@ -105,6 +135,7 @@ def parse_client_message(frame: str | bytes, *, max_text_chars: int) -> ClientMe
             raise ProtocolError(
                 BAD_MESSAGE, f"session.resume needs 'session_id', 1 to {MAX_ID_CHARS} characters"
             )
+        _check_encodable("session_id", session_id)
         return ResumeSession(session_id)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}")
 
@@ -114,6 +145,10 @@ def encode(message: dict[str, Any]) -> str:
 
     The Base64 audio of an audio.chunk (tens of kilobytes) is spliced in as is: its alphabet needs
     no JSON escaping, and scanning it in json.dumps was the server's largest CPU cost under load.
+
+    Every frame can be encoded as UTF-8: a lone surrogate (a model can produce one; client fields
+    holding one are refused by the parser) becomes U+FFFD, so the frame is sent, not the
+    connection dropped.
     """
     audio = message.get("audio")
     if isinstance(audio, str) and message.get("type") == "audio.chunk":
@@ -122,8 +157,8 @@ def encode(message: dict[str, Any]) -> str:
             ensure_ascii=False,
             separators=(",", ":"),
         )
-        return f'{head[:-1]},"audio":"{audio}"}}'
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        return f'{without_lone_surrogates(head)[:-1]},"audio":"{audio}"}}'
+    return without_lone_surrogates(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
 
 
 # --- server -> client frames ---------------------------------------------------------------

@@ -1,9 +1,12 @@
 """The WebSocket server: routes, sessions, limits and a two-step shutdown.
 
-`WS /v1/chat/stream` runs one `Session` per connection; `GET /healthz` answers JSON; any other
-path gets 404. A session owns at most one answer task and one writer task: every frame goes
-through a bounded outbound queue to the writer, which drops frames of cancelled responses, so
-after a response's `response.done` nothing of it is ever sent.
+`WS /v1/chat/stream` runs one `Session` per connection; `GET /healthz` answers JSON (`HEAD` its
+headers, other methods 405); any other path gets 404. Connections still in the opening handshake
+are capped apart from sessions, and both caps are fitted to the open-file limit.
+
+A session owns at most one answer task and one writer task: every frame goes through a bounded
+outbound queue to the writer, which drops frames of cancelled responses, so after a response's
+`response.done` nothing of it is ever sent.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
@@ -43,6 +48,10 @@ from voicechat.workers import Worker
 log = logging.getLogger(__name__)
 
 CLOSE_WAIT_S = 5.0  # how long a close may wait for a client that is not reading
+# File descriptors for everything but client connections: worker pipes, the Fish Speech pool
+# (16), SQLite, logs, the listening socket. Added to the caps when sizing the open-file limit.
+FD_RESERVE = 128
+CAP_NOTICE_INTERVAL_S = 60.0  # a cap that keeps refusing logs one line per this interval
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,12 @@ class ServerConfig:
     max_text_chars: int = 4000  # one user.message; over it: error too_large
     max_frame_bytes: int = 256 * 1024  # one incoming frame; over it: close 1009
     max_connections: int = 500  # open sessions; over it the handshake gets HTTP 503
+    # TCP connections not yet a session (HTTP request unread or being answered, /healthz
+    # included). Past it the oldest one that has not sent its request yet is dropped, so idle
+    # sockets can neither use up file descriptors nor keep prompt clients out. As many as
+    # sessions: every client reconnecting at once (after a restart) still fits.
+    max_handshakes: int = 500
+    handshake_timeout_s: float = 10.0  # TCP accepted, no completed handshake after it: dropped
     messages_per_minute: int = 120  # per connection, with bursts of `message_burst`
     message_burst: int = 20
     idle_timeout_s: float = 600.0  # no message and no answer for this long: close 1000
@@ -82,8 +97,14 @@ def exposure_problem(host: str, token: str | None, insecure: bool) -> str | None
 
 
 def presented_token(headers: Headers) -> str | None:
-    """The token from `Authorization: Bearer ...`, or from a `voicechat.token.*` subprotocol."""
-    authorization = headers.get("Authorization", "")
+    """The token from `Authorization: Bearer ...`, or from a `voicechat.token.*` subprotocol.
+
+    Several Authorization headers present no token: which one counts would be a guess.
+    """
+    authorizations = headers.get_all("Authorization")
+    if len(authorizations) > 1:
+        return None
+    authorization = authorizations[0] if authorizations else ""
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
@@ -109,6 +130,76 @@ def _select_subprotocol(
     return Subprotocol(protocol.PROTOCOL) if protocol.PROTOCOL in offered else None
 
 
+class _CapNotice:
+    """Logs one WARNING when a cap starts refusing, then at most one per interval while it does."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message  # formatted with (the cap, refusals since the last line)
+        self._last: float | None = None
+        self._refused = 0
+
+    def refused(self, cap: int) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if self._last is None or now - self._last >= CAP_NOTICE_INTERVAL_S:
+            log.warning(self.message, cap, self._refused)
+            self._last, self._refused = now, 0
+
+
+class _CountedConnection(ServerConnection):
+    """A connection the server counts from TCP accept until its handler starts (or it ends)."""
+
+    def __init__(self, *args: Any, owner: VoiceChatServer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.owner._handshake_started(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._handshaking.pop(self, None)
+        super().connection_lost(exc)
+
+
+def raise_fd_limit(needed: int) -> int | None:
+    """Raise the soft open-file limit toward `needed`, up to the hard limit, with a log line;
+    return the soft limit now in force (None: unlimited, or not POSIX).
+
+    Past the limit accept() fails: asyncio logs "socket.accept() out of system resource" and stops
+    accepting anyone, /healthz included, for a second at a time.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    if soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+        else:
+            log.info("raised the open-file limit (RLIMIT_NOFILE) from %d to %d", soft, target)
+            soft = target
+    return soft
+
+
+def fit_caps(max_connections: int, max_handshakes: int, fd_limit: int | None) -> tuple[int, int]:
+    """The two connection caps, scaled down together when `fd_limit` cannot hold them."""
+    wanted = max_connections + max_handshakes
+    budget = None if fd_limit is None else fd_limit - FD_RESERVE
+    if budget is None or wanted <= budget:
+        return max_connections, max_handshakes
+    scale = max(budget, 2) / wanted
+    return max(1, int(max_connections * scale)), max(1, int(max_handshakes * scale))
+
+
 class VoiceChatServer:
     """Serves protocol v1 over `websockets`, with one chat graph and one TTS engine for all."""
 
@@ -124,9 +215,27 @@ class VoiceChatServer:
         self.config = config
         self.workers = dict(workers or {})  # the engines' worker processes, for /healthz
         self.sessions: set[Session] = set()
-        self.refused = {"full": 0, "auth": 0, "slow": 0, "idle": 0}  # counters for /healthz
+        # Counters for /healthz.
+        self.refused = {"full": 0, "auth": 0, "slow": 0, "idle": 0, "handshake": 0}
+        # Accepted, not yet a session; oldest first (a dict keeps insertion order).
+        self._handshaking: dict[ServerConnection, None] = {}
+        # The caps in force: the configured ones, unless the open-file limit is lower (start()).
+        self.max_connections = config.max_connections
+        self.max_handshakes = config.max_handshakes
+        self._full_notice = _CapNotice(
+            "--max-connections (%d) reached: new connections get HTTP 503 (%d refused since the "
+            "last such line)"
+        )
+        self._handshake_notice = _CapNotice(
+            "%d connections are in the opening handshake (the cap): for each new one, the oldest "
+            "that has not sent its request is dropped (%d dropped since the last such line)"
+        )
         self._server: Server | None = None
         self._idle = asyncio.Event()  # set while no session is open and no answer runs
+        # Locks of conversations in use; an entry goes when no answer holds or awaits it.
+        self._conversation_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._idle.set()
 
     @property
@@ -146,6 +255,14 @@ class VoiceChatServer:
         """Return once no session is open and no answer is in flight (tests, shutdown checks)."""
         await self._idle.wait()
 
+    def conversation_lock(self, thread_id: str) -> asyncio.Lock:
+        """One answer at a time per conversation, even when several connections share it
+        (session.resume on two sockets): their turns are stored one after the other."""
+        lock = self._conversation_locks.get(thread_id)
+        if lock is None:
+            lock = self._conversation_locks[thread_id] = asyncio.Lock()
+        return lock
+
     def update_idle(self, *_: object) -> None:
         """Recompute the idle flag; called whenever a session or an answer task ends."""
         if self.sessions or self.responses_in_flight():
@@ -153,11 +270,51 @@ class VoiceChatServer:
         else:
             self._idle.set()
 
+    @property
+    def handshakes_in_progress(self) -> int:
+        """TCP connections accepted that are not (yet) a session: HTTP requests included."""
+        return len(self._handshaking)
+
+    def _handshake_started(self, connection: ServerConnection) -> None:
+        """A TCP connection was accepted. Past the cap, drop the oldest connection that has not
+        sent its request yet (a prompt client sends it at once: an idle socket is the oldest),
+        or, when every one has, the new connection."""
+        if len(self._handshaking) >= self.max_handshakes:
+            victim = next((c for c in self._handshaking if c.request is None), connection)
+            self.refused["handshake"] += 1
+            self._handshake_notice.refused(self.max_handshakes)
+            self._handshaking.pop(victim, None)
+            victim.transport.abort()  # frees its file descriptor now
+            if victim is connection:
+                return
+        self._handshaking[connection] = None
+
     async def start(self) -> None:
+        config = self.config
+        fd_limit = raise_fd_limit(config.max_connections + config.max_handshakes + FD_RESERVE)
+        self.max_connections, self.max_handshakes = fit_caps(
+            config.max_connections, config.max_handshakes, fd_limit
+        )
+        if (self.max_connections, self.max_handshakes) != (
+            config.max_connections,
+            config.max_handshakes,
+        ):
+            log.warning(
+                "the open-file limit (%s) cannot hold %d sessions and %d connections in the "
+                "handshake: serving at most %d and %d. Raise it (ulimit -n, systemd "
+                "LimitNOFILE=) for more",
+                fd_limit,
+                config.max_connections,
+                config.max_handshakes,
+                self.max_connections,
+                self.max_handshakes,
+            )
         self._server = await serve(
             self._handle_connection,
             self.config.host,
             self.config.port,
+            create_connection=partial(_CountedConnection, owner=self),  # type: ignore[arg-type]
+            open_timeout=config.handshake_timeout_s,
             process_request=self._route,
             max_size=self.config.max_frame_bytes,
             compression=None,  # deflating Base64 audio costs much CPU for little gain
@@ -208,26 +365,45 @@ class VoiceChatServer:
 
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        if path == protocol.CHAT_PATH:
-            if len(self.sessions) >= self.config.max_connections:
+        method = getattr(request, "method", "GET")  # older websockets parse GET requests only
+        if path == protocol.CHAT_PATH and method != "GET":
+            response = connection.respond(
+                HTTPStatus.METHOD_NOT_ALLOWED, f"{path} is a WebSocket: GET with an Upgrade\n"
+            )
+            response.headers["Allow"] = "GET"
+        elif path == protocol.CHAT_PATH:
+            if len(self.sessions) >= self.max_connections:
                 self.refused["full"] += 1
+                self._full_notice.refused(self.max_connections)
                 return connection.respond(
                     HTTPStatus.SERVICE_UNAVAILABLE,
-                    f"server full: {self.config.max_connections} connections; retry later\n",
+                    f"server full: {self.max_connections} connections; retry later\n",
                 )
             return None  # go on with the WebSocket handshake
-        if path == protocol.HEALTH_PATH:
+        elif path == protocol.HEALTH_PATH and method not in ("GET", "HEAD"):
+            response = connection.respond(
+                HTTPStatus.METHOD_NOT_ALLOWED, f"{path} answers GET and HEAD only\n"
+            )
+            response.headers["Allow"] = "GET, HEAD"
+        elif path == protocol.HEALTH_PATH:
             response = connection.respond(HTTPStatus.OK, json.dumps(self.health()) + "\n")
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json"
-            return response
-        return connection.respond(HTTPStatus.NOT_FOUND, f"no such path: {path}\n")
+        else:
+            response = connection.respond(HTTPStatus.NOT_FOUND, f"no such path: {path}\n")
+        if method == "HEAD":  # the headers a GET would get (Content-Length too), no body
+            response.body = b""
+        return response
 
     async def _handle_connection(self, connection: ServerConnection) -> None:
+        self._handshaking.pop(connection, None)  # the handshake is over
         token = self.config.token
-        if token and not token_matches(presented_token(connection.request.headers), token):
+        headers = connection.request.headers
+        if token and not token_matches(presented_token(headers), token):
             self.refused["auth"] += 1
-            log.warning("refused %s: missing or wrong token", connection.remote_address)
+            several = len(headers.get_all("Authorization")) > 1
+            why = "several Authorization headers" if several else "missing or wrong token"
+            log.warning("refused %s: %s", connection.remote_address, why)
             await connection.close(protocol.CLOSE_POLICY, "authentication required")
             return
         session = Session(self, connection)
@@ -409,19 +585,22 @@ class Session:
         await self._send(protocol.session_resumed(session_id, len(messages)))
 
     async def _run_answer(self, answer: Answer) -> None:
-        try:
-            status = await answer.run()
-        except Exception as exc:
-            if _is_client_gone(exc):
+        async with self.server.conversation_lock(answer.thread_id):
+            try:
+                status = await answer.run()
+            except Exception as exc:
+                if _is_client_gone(exc):
+                    await answer.keep_partial_text()
+                    return  # the connection is being closed: nothing more to send
+                log.exception("response %s crashed", answer.response_id)
+                error = protocol.error(
+                    protocol.INTERNAL, f"internal error: {exc}", answer.response_id
+                )
+                with suppress(ClientGone):
+                    await self._send(error)
+                status = FAILED
+            if status != COMPLETED or answer.truncated:  # the graph did not store the answer
                 await answer.keep_partial_text()
-                return  # the connection is being closed: nothing more to send
-            log.exception("response %s crashed", answer.response_id)
-            error = protocol.error(protocol.INTERNAL, f"internal error: {exc}", answer.response_id)
-            with suppress(ClientGone):
-                await self._send(error)
-            status = FAILED
-        if status != COMPLETED or answer.truncated:  # the graph did not store the answer
-            await answer.keep_partial_text()
         with suppress(ClientGone):  # the client stopped reading: the session is closing
             await self._finish(answer, status)
 
@@ -434,7 +613,8 @@ class Session:
         await asyncio.gather(task, return_exceptions=True)
         if answer.done_sent:
             return
-        await answer.keep_partial_text()
+        async with self.server.conversation_lock(answer.thread_id):
+            await answer.keep_partial_text()
         if notify:
             await self._finish(answer, CANCELLED)
 

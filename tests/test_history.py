@@ -1,0 +1,115 @@
+"""The conversation's history under barge-ins and shared conversations: every user message is
+stored exactly once, turns alternate, whatever the timing (real server on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+
+from voicechat.client.connection import ChatConnection
+
+from .conftest import WAIT_S, collect_answer, read_until, running_server, scripted_backend
+
+# A scripted answer slow enough that later messages arrive while it is still being written.
+SLOW_ANSWER = [{"text": "Part one. ", "delay_ms": 5}, {"text": "Part two.", "delay_ms": 5}]
+NO_RATE_LIMIT = {"messages_per_minute": 100_000, "message_burst": 1000}
+
+
+async def history(server: Any, thread_id: str) -> list[Any]:
+    state = await server.backend.graph.aget_state({"configurable": {"thread_id": thread_id}})
+    return list(state.values.get("messages", []))
+
+
+def assert_well_formed(messages: list[Any], sent: list[str]) -> None:
+    """Each text in `sent` once, in order, each followed by one assistant turn."""
+    humans = [m.content for m in messages if isinstance(m, HumanMessage)]
+    assert humans == sent, humans
+    kinds = [type(m) for m in messages]
+    assert kinds == [HumanMessage, AIMessage] * len(sent), kinds
+
+
+async def send_with_gaps(conn: ChatConnection, texts: list[str], gaps_s: list[float]) -> None:
+    """Send `texts` back to back, `gaps_s` apart (the arrival times are the test's input)."""
+    for text, gap in zip(texts, gaps_s, strict=True):
+        await conn.send_user_message(text)
+        if gap:
+            await asyncio.sleep(gap)
+
+
+async def until_last_answer_done(conn: ChatConnection, count: int) -> list[dict[str, Any]]:
+    """Read until `count` response.done frames arrived; return them."""
+    done: list[dict[str, Any]] = []
+    async with asyncio.timeout(WAIT_S):
+        while len(done) < count:
+            event = await conn.next_event()
+            if event["type"] == "response.done":
+                done.append(event)
+    return done
+
+
+async def test_fifty_back_to_back_barge_ins_keep_every_user_message_once() -> None:
+    async with running_server(scripted_backend(SLOW_ANSWER), **NO_RATE_LIMIT) as server:
+        async with ChatConnection(server.url) as conn:
+            texts = [f"barge {i}" for i in range(50)]
+            await send_with_gaps(conn, texts, [0.0] * 50)
+            done = await until_last_answer_done(conn, 50)
+            assert done[-1]["status"] == "completed"
+            assert [d["status"] for d in done[:-1]] == ["cancelled"] * 49
+            messages = await history(server, conn.session["session_id"])
+    assert_well_formed(messages, texts)
+    assert messages[-1].content == "Part one. Part two."
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_barge_ins_at_random_times_keep_the_history_well_formed(seed: int) -> None:
+    rng = random.Random(seed)
+    texts = [f"message {i}" for i in range(15)]
+    gaps = [rng.choice([0.0, 0.0, 0.001, 0.004, 0.012, 0.03]) for _ in texts]
+    async with running_server(scripted_backend(SLOW_ANSWER), **NO_RATE_LIMIT) as server:
+        async with ChatConnection(server.url) as conn:
+            await send_with_gaps(conn, texts, gaps)
+            done = await until_last_answer_done(conn, len(texts))
+            assert done[-1]["status"] == "completed"
+            messages = await history(server, conn.session["session_id"])
+    assert_well_formed(messages, texts)
+    # A cancelled answer keeps what it had said, possibly nothing; a completed one all of it.
+    for human, ai, frame in zip(messages[::2], messages[1::2], done, strict=True):
+        assert ai.content == frame["text"], (human.content, ai.content, frame)
+
+
+async def test_one_conversation_on_three_sockets_stores_every_turn() -> None:
+    async with running_server(scripted_backend(SLOW_ANSWER), **NO_RATE_LIMIT) as server:
+        async with ChatConnection(server.url) as first:
+            session_id = first.session["session_id"]
+            await collect_answer(first, "hello")
+            others = [ChatConnection(server.url), ChatConnection(server.url)]
+            for conn in others:
+                await conn.__aenter__()
+                await conn.send({"type": "session.resume", "session_id": session_id})
+                await read_until(conn, "session.resumed")
+            try:
+
+                async def talk(conn: ChatConnection, name: str) -> list[str]:
+                    sent = []
+                    for turn in range(5):
+                        text = f"{name} {turn}"
+                        events = await collect_answer(conn, text)
+                        assert events[-1]["status"] == "completed"
+                        sent.append(text)
+                    return sent
+
+                sent = await asyncio.gather(
+                    talk(first, "a"), talk(others[0], "b"), talk(others[1], "c")
+                )
+            finally:
+                for conn in others:
+                    await conn.__aexit__(None, None, None)
+            messages = await history(server, session_id)
+    humans = [m.content for m in messages if isinstance(m, HumanMessage)]
+    assert sorted(humans) == sorted(["hello", *(t for turns in sent for t in turns)])
+    assert [type(m) for m in messages] == [HumanMessage, AIMessage] * 16
+    assert all(m.content == "Part one. Part two." for m in messages[1::2])
