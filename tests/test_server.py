@@ -262,3 +262,29 @@ async def test_healthz_reports_sessions_and_other_paths_are_404() -> None:
         assert health.json()["sessions"] == 1
         assert health.json()["responses_in_flight"] == 0
         assert missing.status_code == 404
+
+
+async def test_a_huge_delta_is_cut_in_slices_with_the_event_loop_free_between() -> None:
+    """One 40,000-character delta (a user graph's whole answer at once) must not hold the
+    event loop for the whole filter + segmenter pass: other tasks run between its slices."""
+    timeline: list[str] = []
+    answer_done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not answer_done.is_set():
+            timeline.append("tick")
+            await asyncio.sleep(0)
+
+    backend = scripted_backend(["Hello there friend. " * 2000])
+    settings = {"trace": lambda event, _at, _details: timeline.append(event)}
+    async with running_server(backend, pipeline=settings) as server:
+        async with ChatConnection(server.url) as conn:
+            ticking = asyncio.create_task(ticker())
+            events = await collect_answer(conn, "go")
+            answer_done.set()
+            await ticking
+    assert events[-1]["status"] == "completed"
+    cuts = [i for i, event in enumerate(timeline) if event == "unit"]
+    assert len(cuts) > 100
+    between = timeline[cuts[0] : cuts[-1]]
+    assert between.count("tick") >= 40_000 // 2048 - 1, "the loop was held for the whole delta"

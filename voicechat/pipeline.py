@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 COMPLETED, CANCELLED, FAILED = "completed", "cancelled", "failed"
+# The filter and the segmenter take at most a few µs per character even on hostile text
+# (scripts/bench_segmenter.py --worst): a delta is fed in slices of this many characters, with
+# the event loop free between them, so no delta holds the loop for more than a few ms.
+PURE_STAGE_SLICE = 2048
 
 
 class ClientGone(Exception):
@@ -191,7 +195,11 @@ class Answer:
                 if self.settings.trace:
                     self.settings.trace("delta", time.perf_counter(), {"text": delta})
                 await self.emit(protocol.text_delta(self.response_id, delta))
-                start_units(segmenter.feed(speech_filter.feed(speech)))
+                for start in range(0, len(speech), PURE_STAGE_SLICE):
+                    if start:  # a huge delta (a user graph's whole answer): let others run
+                        await asyncio.sleep(0)
+                    piece = speech[start : start + PURE_STAGE_SLICE]
+                    start_units(segmenter.feed(speech_filter.feed(piece)))
                 deltas += 1
                 if deltas >= self.settings.max_answer_tokens:
                     self.truncated = self.truncated or "max_tokens"
