@@ -4,7 +4,9 @@ A real HTTP/1.1 server (stdlib `ThreadingHTTPServer`, chunked responses written 
 follows the facts in shared/FISH_SPEECH_API.md: msgpack and JSON bodies (else 415), 422 lists of
 validation errors, bearer auth checked before the body, "Streaming only supports WAV format",
 44.1 kHz mono int16 audio, a complete WAV when not streaming and headerless PCM when streaming
-(optionally the legacy 44-byte header with zero sizes first). Knobs make it fail on purpose.
+(optionally the legacy 44-byte header with zero sizes first). Knobs make it fail on purpose,
+on every request or (`fault_marker`) only on those whose text contains a marker. `stop()` closes
+the open connections too, as a server process that exits does.
 Not supported (answered 500, as the real server does for pcm/opus): non-wav formats.
 """
 
@@ -83,6 +85,8 @@ class FishDouble:
         self.stream_chunk_bytes = 4097
         self.serialize = False
         self.hold: threading.Event | None = None
+        # When set, the fault knobs above apply only to requests whose text contains it.
+        self.fault_marker: str | None = None
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0
         self.max_in_flight = 0
@@ -94,6 +98,7 @@ class FishDouble:
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()  # open client connections
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -117,6 +122,13 @@ class FishDouble:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        with self._lock:  # kept-alive connections close too: a client must connect anew
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the client
 
     def __enter__(self) -> FishDouble:
         return self.start()
@@ -142,6 +154,18 @@ class FishDouble:
         with self._lock:
             self._in_flight -= 1
 
+    def _opened(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(connection)
+
+    def _closed(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+
+    def faulty(self, text: str) -> bool:
+        """Whether the fault knobs apply to a request for `text`."""
+        return self.fault_marker is None or self.fault_marker in text
+
     def _client_gone(self) -> None:
         with self._lock:
             self.disconnects += 1
@@ -154,6 +178,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # no access log on stderr
         return
+
+    def setup(self) -> None:
+        super().setup()
+        self.fish._opened(self.connection)
+
+    def finish(self) -> None:
+        self.fish._closed(self.connection)
+        super().finish()
 
     # --- routing ----------------------------------------------------------------------------
 
@@ -236,16 +268,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, "Streaming only supports WAV format")
         if fmt != "wav":
             return self._error(500, f"format {fmt} is not supported by the double")
+        faulty = self.fish.faulty(text)
         worker = self.fish._worker if self.fish.serialize else None
         if worker is not None:
             worker.acquire()
         self.fish._enter()
         try:
-            if self.fish.first_byte_delay_s:
+            if faulty and self.fish.first_byte_delay_s:
                 self.fish._stopping.wait(self.fish.first_byte_delay_s)
-            if self.fish.fail_status is not None:
+            if faulty and self.fish.fail_status is not None:
                 return self._error(self.fish.fail_status, "Synthetic failure")
-            self._send_audio(text, streaming)
+            self._send_audio(text, streaming, faulty)
         except _ClientGone:
             self.fish._client_gone()
             self.close_connection = True
@@ -254,7 +287,7 @@ class _Handler(BaseHTTPRequestHandler):
             if worker is not None:
                 worker.release()
 
-    def _send_audio(self, text: str, streaming: bool) -> None:
+    def _send_audio(self, text: str, streaming: bool, faulty: bool = True) -> None:
         rate = self.fish.sample_rate
         pcm = pcm_for_text(text, rate)
         if streaming:
@@ -262,7 +295,8 @@ class _Handler(BaseHTTPRequestHandler):
             if self.fish.legacy_wav_header:
                 body = wav_bytes(pcm, rate, streaming_header=True) + pcm
         else:
-            body = b"NOT A WAV FILE" * 10 if self.fish.garbage else wav_bytes(pcm, rate)
+            garbage = faulty and self.fish.garbage
+            body = b"NOT A WAV FILE" * 10 if garbage else wav_bytes(pcm, rate)
         self.send_response(200)
         self.send_header("Content-Type", "audio/wav")
         self.send_header("Content-Disposition", "attachment; filename=audio.wav")
@@ -272,7 +306,7 @@ class _Handler(BaseHTTPRequestHandler):
         sent = 0
         for index, start in enumerate(range(0, len(body), step)):
             piece = body[start : start + step]
-            truncate = self.fish.truncate_after_bytes
+            truncate = self.fish.truncate_after_bytes if faulty else None
             if streaming and truncate is not None and sent + len(piece) > truncate:
                 self._write_chunk(piece[: max(0, truncate - sent)])
                 self.close_connection = True

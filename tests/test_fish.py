@@ -172,24 +172,59 @@ async def test_cancel_closes_the_http_request_in_flight(fish: FishDouble) -> Non
 async def test_units_spread_over_several_fish_workers_least_busy_first() -> None:
     holds = [threading.Event() for _ in range(3)]
     doubles = [FishDouble().start() for _ in range(3)]
+    tts = FishSpeechTTS([d.url for d in doubles])
+
+    def requests_per_worker() -> list[int]:
+        return [len([r for r in d.requests if r.path == "/v1/tts"]) for d in doubles]
+
     try:
         for double, hold in zip(doubles, holds, strict=True):
             double.hold, double.stream_chunk_bytes, double.serialize = hold, 4096, True
-        tts = FishSpeechTTS([d.url for d in doubles])
-        streams = [tts.synthesize(f"Unit number {i}.") for i in range(3)]
-        firsts = [await anext(stream) for stream in streams]  # three units in flight at once
-        assert all(pcm.samples for pcm in firsts)
-        assert [len([r for r in d.requests if r.path == "/v1/tts"]) for d in doubles] == [1, 1, 1]
-        for hold in holds:
-            hold.set()
-        for stream in streams:
-            async for _ in stream:
-                pass
-        fourth = [pcm async for pcm in tts.synthesize("A fourth one.")]
-        assert b"".join(p.data for p in fourth) == pcm_for_text("A fourth one.")
-        await tts.aclose()
+        async with asyncio.timeout(WAIT_S):
+            streams = [tts.synthesize(f"Unit number {i}.") for i in range(3)]
+            firsts = [await anext(stream) for stream in streams]  # three units in flight at once
+            assert all(pcm.samples for pcm in firsts)
+            assert requests_per_worker() == [1, 1, 1]
+
+            # Every worker but one finishes; that one stays busy with its unit.
+            kept = "Unit number 1."
+            busy = next(i for i, d in enumerate(doubles) if d.requests[-1].body["text"] == kept)
+            for index, hold in enumerate(holds):
+                if index != busy:
+                    hold.set()
+            held = streams.pop(1)
+            for stream in streams:
+                async for _ in stream:
+                    pass
+            # Round-robin would send every third unit to the busy worker; least-busy never does.
+            for number in range(6):
+                text = f"Meanwhile unit {number}."
+                asked = sum(requests_per_worker())
+                stream = tts.synthesize(text)
+                first = asyncio.ensure_future(anext(stream))
+                # The busy worker (one request at a time) would not answer: look at where the
+                # request went as soon as a worker has it, not at what comes back.
+                while sum(requests_per_worker()) == asked:  # noqa: ASYNC110 - a thread records it
+                    await asyncio.sleep(0.01)
+                if requests_per_worker()[busy] != 1:
+                    first.cancel()
+                    raise AssertionError(f"unit {number} went to the busy worker")
+                head = await first
+                rest = [pcm.data async for pcm in stream]
+                assert b"".join([head.data, *rest]) == pcm_for_text(text)
+            counts = requests_per_worker()
+            assert sum(counts) == 3 + 6
+            idle_counts = [count for index, count in enumerate(counts) if index != busy]
+            assert min(idle_counts) > 1, f"the idle workers did not share the load: {counts}"
+
+            holds[busy].set()
+            rest = [pcm.data async for pcm in held]
+            assert b"".join([firsts[1].data, *rest]) == pcm_for_text(kept)
+            after = [pcm async for pcm in tts.synthesize("All idle again.")]
+            assert b"".join(p.data for p in after) == pcm_for_text("All idle again.")
     finally:
         for hold in holds:
             hold.set()
+        await tts.aclose()
         for double in doubles:
             double.stop()

@@ -92,13 +92,28 @@ def test_other_rates_are_resampled_seamlessly_to_the_device_rate(null_audio_devi
 
 
 def test_the_device_rate_is_used_when_none_is_asked(null_audio_device: str) -> None:
-    player = AudioPlayer(null_audio_device)
+    import sounddevice as sd
+
+    device_rate = int(sd.query_devices(null_audio_device, "output")["default_samplerate"])
+    assert device_rate != 22050  # else this test could not tell resampled from passed through
+    tap = Tap()
+    chunk = wav_chunks(["Hi there."], 22050)[0]
+    player = AudioPlayer(null_audio_device, tap=tap)
+    assert player.sample_rate == device_rate
+    player.enqueue_wav(chunk)  # queued before the stream starts: no lead-in
+    player.finish()
     with player:
-        assert player.sample_rate > 0
-        player.enqueue_wav(wav_chunks(["Hi."], 22050)[0])
-        player.finish()
         assert player.queue.wait_drained(WAIT_S)
-    assert player.stats.samples_played > 0
+    # What reached the device is the chunk resampled to the device's rate, sample for sample.
+    reference = soxr.ResampleStream(22050, device_rate, 1, dtype="int16")
+    expected = np.concatenate(
+        [
+            reference.resample_chunk(samples_of(chunk)),
+            reference.resample_chunk(np.zeros(0, np.int16), last=True),
+        ]
+    )
+    assert player.stats.samples_played == len(expected)
+    assert np.array_equal(tap.played()[: len(expected)], expected)
 
 
 def test_paced_playback_really_sounds_and_counts_no_underrun_when_fed_in_time(

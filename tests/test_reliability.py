@@ -25,13 +25,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.conftest import (
     WAIT_S,
     BlockingTTS,
+    audio_by_segment,
     collect_answer,
     gated_backend,
     read_until,
     running_server,
     scripted_backend,
 )
-from tests.fish_double import FishDouble, refused_url
+from tests.fish_double import FishDouble, pcm_for_text, refused_url
 from voicechat.client.ask import ask
 from voicechat.client.connection import ChatConnection, ServerUnavailable
 from voicechat.llm import ChatBackend
@@ -82,6 +83,18 @@ class EchoChatModel(BaseChatModel):
 def echo_backend() -> ChatBackend:
     graph = build_chat_graph(EchoChatModel(), checkpointer=InMemorySaver())
     return ChatBackend(graph=graph, name="echo")
+
+
+LONG_ANSWER = "".join(f" This is sentence number {i} of a very long answer." for i in range(300))
+
+
+class TalkForeverChatModel(EchoChatModel):
+    """Test double: "talk forever" gets a 300-sentence answer; anything else, the echo."""
+
+    def _reply(self, messages: list[BaseMessage]) -> str:
+        if "forever" in str(messages[-1].content):
+            return LONG_ANSWER.strip()
+        return super()._reply(messages)
 
 
 async def healthz(server: VoiceChatServer) -> dict[str, Any]:
@@ -354,17 +367,25 @@ async def test_200_clients_5_turns_each_with_contiguous_seq_and_no_cross_talk() 
 
 
 async def test_a_slow_reader_is_disconnected_and_does_not_stall_others() -> None:
-    sentences = [f" This is sentence number {i} of a very long answer." for i in range(300)]
-    limits = {"outbound_frames": 4, "slow_client_timeout_s": 1.0}
-    async with running_server(scripted_backend(sentences), ToneTTS(), **limits) as server:
+    limits = {"outbound_frames": 4, "slow_client_timeout_s": 2.0}
+    graph = build_chat_graph(TalkForeverChatModel(), checkpointer=InMemorySaver())
+    backend = ChatBackend(graph=graph, name="talk-forever")
+    async with running_server(backend, ToneTTS(), **limits) as server:
         async with connect(server.url, max_queue=1) as slow:  # reads one frame, then stops
             await slow.send(json.dumps({"type": "user.message", "text": "talk forever"}))
             await until(
                 lambda: any(s._outbound.full() for s in server.sessions), "the slow queue to fill"
             )
+            (stalled,) = server.sessions
             async with ChatConnection(server.url) as other:  # meanwhile, others are served
                 answer = await collect_answer(other, "quick one?")
+                # ... while the slow client still holds its session: it has not been dropped yet,
+                # so nothing the other client got waited for that.
+                assert server.refused["slow"] == 0 and stalled in server.sessions
+                assert stalled._outbound.full()
                 assert answer[-1]["status"] == "completed"
+                assert answer[-1]["text"] == "You said quick one?. Noted."
+                assert [e["seq"] for e in answer if e["type"] == "audio.chunk"]
             await until(lambda: server.refused["slow"] == 1, "the slow client to be dropped")
             with pytest.raises(ConnectionClosed) as closed:
                 async with asyncio.timeout(WAIT_S):
@@ -376,10 +397,28 @@ async def test_a_slow_reader_is_disconnected_and_does_not_stall_others() -> None
         assert server.responses_in_flight() == 0
 
 
+FAULT_SCRIPT = ["The moon is bright.", " Owls hunt at night.", " Then", " the sun comes up."]
+FAULT_UNITS = ["The moon is bright.", "Owls hunt at night.", "Then the sun comes up."]
+FAULT_REASONS = {
+    "500": "HTTP 500",
+    "garbage": "unusable audio",
+    "truncated": "RemoteProtocolError",
+    "slow": "Timeout",
+    "refused": "ConnectError",
+}
+
+
 @pytest.mark.parametrize("fault", ["500", "garbage", "truncated", "slow", "refused"])
 async def test_each_fish_fault_loses_only_its_units_and_the_answer_goes_on(fault: str) -> None:
+    """One unit of three meets the fault; the two others are spoken whole; one error is sent.
+
+    The double fails only the unit with "Owls" in it (the middle one); for "refused" it goes
+    down once the first two units are spoken, so only the last unit finds nobody listening.
+    """
+    gate = asyncio.Event()  # the LLM's last delta waits for it
     with FishDouble() as fish:
-        url, timeout, streaming = fish.url, 30.0, True
+        timeout, streaming = 30.0, True
+        fish.fault_marker, lost = "Owls", 1
         if fault == "500":
             fish.fail_status = 500
         elif fault == "garbage":
@@ -387,17 +426,47 @@ async def test_each_fish_fault_loses_only_its_units_and_the_answer_goes_on(fault
         elif fault == "truncated":
             fish.truncate_after_bytes = 1000
         elif fault == "slow":
-            fish.first_byte_delay_s, timeout = 2.0, 0.2
+            fish.first_byte_delay_s, timeout = WAIT_S, 0.5
         elif fault == "refused":
-            url = refused_url()
-        tts = FishSpeechTTS(url, timeout_s=timeout, streaming=streaming)
-        async with running_server(scripted_backend(SCRIPT), tts) as server:
+            lost = 2
+        if fault != "refused":
+            gate.set()
+        tts = FishSpeechTTS(fish.url, timeout_s=timeout, streaming=streaming)
+        async with running_server(gated_backend(FAULT_SCRIPT, gate), tts) as server:
             async with ChatConnection(server.url) as conn:
-                events = await collect_answer(conn, "go")
-                failed = [e for e in events if e["type"] == "error"]
-                assert failed and all(e["code"] == "tts_failed" for e in failed)
-                assert events[-1]["status"] == "completed"
-                assert events[-1]["text"] == "".join(SCRIPT)
+                await conn.send_user_message("go")
+                events: list[dict[str, Any]] = []
+
+                async def read_while(condition: Callable[[], bool]) -> None:
+                    async with asyncio.timeout(WAIT_S):
+                        while condition():
+                            events.append(await conn.next_event())
+
+                if fault == "refused":  # units 0 and 1 are spoken, then Fish Speech goes away
+                    spoken = len(pcm_for_text(FAULT_UNITS[1]))
+                    await read_while(lambda: len(audio_by_segment(events).get(1, b"")) < spoken)
+                    # All its audio came, but the double may still be ending the response.
+                    await until(lambda: fish.in_flight() == 0, "Fish Speech to end unit 1")
+                    fish.stop()
+                    gate.set()
+                await read_while(lambda: not events or events[-1]["type"] != "response.done")
+        await tts.aclose()
+
+    errors = [e for e in events if e["type"] == "error"]
+    assert [e["code"] for e in errors] == ["tts_failed"]  # one unit lost, one error
+    assert errors[0]["message"].startswith(f"speech unit {lost} lost")
+    assert FAULT_REASONS[fault] in errors[0]["message"]
+    kept = [index for index in range(len(FAULT_UNITS)) if index != lost]
+    audio = audio_by_segment(events)
+    assert sorted(audio) == kept
+    assert all(audio[index] == pcm_for_text(FAULT_UNITS[index]) for index in kept)  # whole
+    chunks = [e for e in events if e["type"] == "audio.chunk"]
+    assert [c["text"] for c in chunks if c["text"]] == [FAULT_UNITS[i] for i in kept]
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
+    asked = sorted(r.body["text"] for r in fish.requests if r.path == "/v1/tts")
+    assert asked == sorted(FAULT_UNITS[: 2 if fault == "refused" else 3])  # no unit asked twice
+    assert events[-1]["status"] == "completed"
+    assert events[-1]["text"] == "".join(FAULT_SCRIPT)
 
 
 async def test_a_failing_fish_server_is_rested_not_hammered() -> None:

@@ -7,14 +7,20 @@ follows real playback time. Waits poll a condition with a deadline; nothing assu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
+from tests.audio_env import MonitorRecording
 from tests.conftest import WAIT_S, gated_backend, running_server, scripted_backend
+from voicechat.config import BackendOptions, open_backends
+from voicechat.server import VoiceChatServer
 from voicechat.tts.tone import ToneTTS
 from voicechat.tui.app import AnswerView, NoticeLine, UserLine, VoiceChatApp, _locate
 
@@ -134,18 +140,126 @@ async def test_escape_stops_speaking_and_cancels_the_answer() -> None:
             assert not app.player.queue.busy
 
 
-async def test_mute_keeps_time_but_plays_silence() -> None:
-    async with running_server(scripted_backend(SENTENCES), ToneTTS()) as server:
+async def test_mute_keeps_time_but_plays_silence(
+    paced_audio_device: str, paced_audio_monitor: Callable[..., MonitorRecording]
+) -> None:
+    """Muted, an answer still plays out in time (the highlight moves, samples are consumed),
+    but what reaches the sound card is silence; unmuted, the same answer is heard."""
+    sentences = ["Hush now.", " Time goes on."]
+    async with running_server(scripted_backend(sentences), ToneTTS()) as server:
+        app = VoiceChatApp(server.url, device=paced_audio_device)
+        async with app.run_test() as pilot:
+            await until(pilot, lambda: app.connection is not None, "the connection")
+            player = app.player
+            assert player is not None and not player.is_null and not app.audio_note
+            await pilot.press("ctrl+t")
+            assert player.muted and "muted" in status(app)
+
+            async def play_answer(number: int) -> set[int | None]:
+                """Send a message; wait until its answer has been played out; what was heard."""
+                heard: set[int | None] = set()
+
+                def played_out() -> bool:
+                    if len(answers(app)) <= number:
+                        return False
+                    answer = answers(app)[number]
+                    heard.add(answer.heard)
+                    return answer.status == "completed" and not player.queue.busy
+
+                await send(pilot, f"message {number}")
+                await until(pilot, played_out, f"answer {number} to be played out")
+                return heard
+
+            with paced_audio_monitor() as muted_sound:
+                heard_muted = await play_answer(0)
+            muted_samples = player.stats.samples_played
+            assert {0, 1} <= heard_muted  # the highlight followed playback while muted
+            assert muted_samples > 0  # ... because playback time went on
+
+            await pilot.press("ctrl+t")
+            assert not player.muted and "muted" not in status(app)
+            with paced_audio_monitor() as loud_sound:
+                heard_loud = await play_answer(1)
+            assert {0, 1} <= heard_loud
+            # Muted, the answer took exactly as long as the same answer heard.
+            assert player.stats.samples_played - muted_samples == muted_samples
+
+    assert len(muted_sound.samples()) and len(loud_sound.samples())
+    assert np.abs(muted_sound.samples()).max() < 1e-3  # the sink played nothing but silence
+    assert np.abs(loud_sound.samples()).max() > 0.05  # the monitor does hear an answer
+
+
+@asynccontextmanager
+async def memory_bot_server(memory: Path, port: int = 0) -> AsyncIterator[VoiceChatServer]:
+    """A server (the example memory graph, the tone voice) whose conversations live in SQLite:
+    `voicechat serve --llm graph:examples.memory_bot:graph --tts tone --memory sqlite:PATH`."""
+    options = BackendOptions(
+        llm="graph:examples.memory_bot:graph", tts="tone", memory=f"sqlite:{memory}"
+    )
+    async with AsyncExitStack() as stack:
+        backends = await open_backends(options, stack)
+        async with running_server(backends.chat, backends.tts, port=port) as server:
+            yield server
+
+
+def notices(app: VoiceChatApp) -> list[str]:
+    return [str(n.render()) for n in app.query(NoticeLine)]
+
+
+async def say(pilot: Pilot[Any], app: VoiceChatApp, text: str) -> AnswerView:
+    """Send `text`; wait until its answer is done; return it."""
+    count = len(answers(app))
+    await send(pilot, text)
+    await until(
+        pilot, lambda: len(answers(app)) > count and bool(answers(app)[count].status), "an answer"
+    )
+    return answers(app)[count]
+
+
+async def test_a_lost_server_is_shown_and_the_app_reconnects_and_resumes(tmp_path: Path) -> None:
+    memory = tmp_path / "chats.db"
+    first_server = AsyncExitStack()
+    server = await first_server.enter_async_context(memory_bot_server(memory))
+    port = server.port
+    try:
         app = VoiceChatApp(server.url, device="null")
         async with app.run_test() as pilot:
-            await pilot.press("ctrl+t")
-            assert app.player is not None and app.player.muted
-            assert "muted" in status(app)
-            await pilot.press("ctrl+t")
-            assert not app.player.muted
+            await until(pilot, lambda: app.connection is not None, "the connection")
+            assert app.connection is not None
+            first_session = app.connection.session["session_id"]
+            assert app.session_id == first_session
+            first = await say(pilot, app, "I like tea")
+            assert first.text == "Nice to meet you. You said: I like tea. Tell me more."
+
+            await first_server.aclose()  # the server goes away, its memory file closed
+            await until(pilot, lambda: "offline" in status(app), "the offline status")
+            assert any("Disconnected" in text for text in notices(app))
+
+            async with memory_bot_server(memory, port) as restarted:  # same file, same port
+                await until(
+                    pilot,
+                    lambda: any("conversation continues" in text for text in notices(app)),
+                    "the resumed notice",
+                )
+                assert any("(2 messages kept)" in text for text in notices(app))
+                assert not any("new one" in text for text in notices(app))
+                assert app.connection is not None
+                assert app.connection.session["session_id"] != first_session  # a new session,
+                assert app.session_id == first_session  # ... the same conversation
+                second = await say(pilot, app, "and cake")
+                assert second.status == "completed"
+                assert second.text == "That makes 2 messages. Before this one you said: I like tea."
+                config = {"configurable": {"thread_id": first_session}}
+                state = await restarted.backend.graph.aget_state(config)
+                assert len(state.values["messages"]) == 4  # both turns, in one conversation
+    finally:
+        await first_server.aclose()
 
 
-async def test_a_lost_server_is_shown_and_the_app_reconnects_and_resumes() -> None:
+async def test_a_server_that_forgot_the_conversation_starts_a_new_one_which_then_resumes(
+    tmp_path: Path,
+) -> None:
+    memory = tmp_path / "chats.db"
     async with running_server(scripted_backend(SENTENCES), ToneTTS()) as server:
         port = server.port
         app = VoiceChatApp(server.url, device="null")
@@ -154,20 +268,35 @@ async def test_a_lost_server_is_shown_and_the_app_reconnects_and_resumes() -> No
             first_session = app.session_id
             await server.shutdown()
             await until(pilot, lambda: "offline" in status(app), "the offline status")
-            notices = [str(n.render()) for n in app.query(NoticeLine)]
-            assert any("Disconnected" in text for text in notices)
 
-            async with running_server(scripted_backend(SENTENCES), ToneTTS(), port=port):
-                await until(pilot, lambda: app.connection is not None, "the reconnection")
-                # A fresh server does not know the old conversation: the app says so, starts anew.
+            # A server with a fresh memory does not know that conversation: a new one starts.
+            async with memory_bot_server(memory, port):
                 await until(
                     pilot,
-                    lambda: any("new one" in str(n.render()) for n in app.query(NoticeLine)),
+                    lambda: any("new one" in text for text in notices(app)),
                     "the unknown-session notice",
                 )
-                assert first_session is not None
-                await send(pilot, "still there?")
-                await until(pilot, lambda: answers(app)[-1].status == "completed", "an answer")
+                assert app.connection is not None
+                new_session = app.connection.session["session_id"]
+                assert first_session is not None and new_session != first_session
+                assert app.session_id == new_session  # the app follows the new conversation
+                answer = await say(pilot, app, "still there?")
+                assert answer.text == "Nice to meet you. You said: still there?. Tell me more."
+            await until(pilot, lambda: "offline" in status(app), "the offline status again")
+
+            # Restarted on the same memory: the new conversation is the one that continues.
+            async with memory_bot_server(memory, port):
+                await until(
+                    pilot,
+                    lambda: any("conversation continues" in text for text in notices(app)),
+                    "the resumed notice",
+                )
+                assert sum("new one" in text for text in notices(app)) == 1
+                assert app.session_id == new_session
+                answer = await say(pilot, app, "good")
+                assert (
+                    answer.text == "That makes 2 messages. Before this one you said: still there?."
+                )
 
 
 async def test_a_server_that_is_down_leaves_a_usable_text_box() -> None:
