@@ -119,6 +119,11 @@ async def running_server(
 async def collect_answer(connection: ChatConnection, text: str) -> list[dict[str, Any]]:
     """Send `text`; return every event up to and including its response.done."""
     await connection.send_user_message(text)
+    return await read_answer(connection)
+
+
+async def read_answer(connection: ChatConnection) -> list[dict[str, Any]]:
+    """Every event up to and including the next response.done."""
     events: list[dict[str, Any]] = []
     async with asyncio.timeout(WAIT_S):
         async for event in connection.events():

@@ -27,7 +27,7 @@ from voicechat.server import VoiceChatServer
 from voicechat.workers import Worker, WorkerDied
 from voicechat.workers.supervisor import describe_exit
 
-from .conftest import WAIT_S, collect_answer, read_until
+from .conftest import WAIT_S, collect_answer, read_answer, read_until
 from .test_backends import serving
 
 LONG_PROMPT = "Count from one to three hundred, writing every number as a word."
@@ -114,12 +114,7 @@ async def test_voice_worker_killed_mid_unit_loses_only_the_units_in_flight(
             await conn.send_user_message("Talk.")
             await until(lambda: voice.health()["in_flight"] >= 1, "a unit in flight")
             os.kill(pid, signal.SIGKILL)
-            events: list[dict[str, Any]] = []
-            async with asyncio.timeout(WAIT_S):
-                async for event in conn.events():
-                    events.append(event)
-                    if event["type"] == "response.done":
-                        break
+            events = await read_answer(conn)
             errors = [event for event in events if event["type"] == "error"]
             assert errors and all(error["code"] == "tts_failed" for error in errors), errors
             assert "SIGKILL" in errors[0]["message"]
