@@ -4,8 +4,16 @@ A scripted LLM with a realistic timeline (first token after --first-token-ms, th
 --tokens-per-s) and the tone TTS (--tts-latency-ms plus --tts-rtf x audio duration) run in a real
 `voicechat serve` process; this script talks to it over a real WebSocket.
 
-The physical limit of first audio is exact: the moment the script emits the delta that completes
-the first speech unit, plus the TTS time of that unit. Overhead = first_audio_ms - limit.
+The physical limit of first audio is derived from the script alone, never from the code under
+test: the script is this benchmark's own text, whose first sentence (FIRST_SENTENCE) is the first
+speech unit. A sentence end can only be known when the first character after it arrives (a "."
+may be a decimal point: "3.14"), so the unit is complete when the delta carrying that character
+is emitted on the script's timeline; add the tone voice's synthesis time for that sentence.
+Overhead = first audio - limit, from the server's metrics (its clock starts when the message has
+been read, stops before the frame is encoded and written) and at the client (from just before
+`send` to the first audio.chunk received). Every answer's first audio.chunk is checked to carry
+FIRST_SENTENCE: if the server cut the first unit elsewhere, the limit does not apply and the
+script says so.
 The "before" design (whole answer, then TTS of the whole text, then send) runs in-process on the
 same scripted model and tone voice for the ratio.
 
@@ -29,12 +37,12 @@ from typing import Any
 
 from voicechat.client.connection import ChatConnection
 from voicechat.llm.scripted import ScriptedChatModel, parse_script
-from voicechat.segmenter import Segmenter
 from voicechat.speech_text import SpeechTextFilter
 from voicechat.tts.tone import ToneTTS
 
+FIRST_SENTENCE = "The Moon is Earth's only natural satellite."  # the first speech unit
 ANSWER = (
-    "The Moon is Earth's only natural satellite. It orbits at about 384,400 kilometres. "
+    f"{FIRST_SENTENCE} It orbits at about 384,400 kilometres. "
     "Its gravity drives the ocean tides. The same side always faces us. "
     "Twelve astronauts walked on it between 1969 and 1972. They brought back rocks and dust. "
     "The surface is covered in craters and dark plains. A day there lasts about a month. "
@@ -52,15 +60,25 @@ def make_script(first_token_ms: float, tokens_per_s: float) -> list[dict[str, An
     ]
 
 
-def physical_limit_ms(script: list[dict[str, Any]], tts: ToneTTS) -> float:
-    """When the first unit is complete on the script's timeline, plus its TTS time."""
-    speech, segmenter, clock = SpeechTextFilter(), Segmenter(), 0.0
+def first_unit_timeline(script: list[dict[str, Any]]) -> dict[str, float]:
+    """When, on the script's own timeline, FIRST_SENTENCE is written and when it is known to be
+    over (the first non-space character after it arrives). No project code is involved."""
+    text, clock, written = "", 0.0, None
     for item in script:
         clock += item["delay_ms"]
-        units = segmenter.feed(speech.feed(item["text"]))
-        if units:
-            return clock + 1000 * tts.delay_s(units[0])
-    raise ValueError("the script never completes a unit")
+        text += item["text"]
+        if written is None and len(text) >= len(FIRST_SENTENCE):
+            if not text.startswith(FIRST_SENTENCE):
+                raise ValueError("the script does not start with FIRST_SENTENCE")
+            written = clock
+        if written is not None and text[len(FIRST_SENTENCE) :].strip():
+            return {"written_ms": written, "decided_ms": clock}
+    raise ValueError("nothing follows FIRST_SENTENCE in the script")
+
+
+def physical_limit_ms(script: list[dict[str, Any]], tts: ToneTTS) -> float:
+    """The first unit known complete on the script's timeline, plus its TTS time."""
+    return first_unit_timeline(script)["decided_ms"] + 1000 * tts.delay_s(FIRST_SENTENCE)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -205,9 +223,11 @@ def main() -> None:
 
     first_audio = [a["metrics"]["first_audio_ms"] for a in answers]
     overhead = [value - limit for value in first_audio]
-    client_first_audio = [
-        next(e["_at_ms"] for e in a["events"] if e["type"] == "audio.chunk") for a in answers
-    ]
+    first_chunks = [next(e for e in a["events"] if e["type"] == "audio.chunk") for a in answers]
+    client_first_audio = [chunk["_at_ms"] for chunk in first_chunks]
+    client_overhead = [value - limit for value in client_first_audio]
+    as_expected = sum(chunk["text"] == FIRST_SENTENCE for chunk in first_chunks)
+    timeline = first_unit_timeline(script)
     llm_total = sum(item["delay_ms"] for item in script)
     result = {
         "answers": len(answers),
@@ -218,15 +238,28 @@ def main() -> None:
         "tts_latency_ms": args.tts_latency_ms,
         "tts_rtf": args.tts_rtf,
         "units": answers[0]["metrics"]["segments"],
+        "first_sentence_written_ms": round(timeline["written_ms"], 1),
+        "first_sentence_decided_ms": round(timeline["decided_ms"], 1),
+        "first_unit_tts_ms": round(1000 * tts.delay_s(FIRST_SENTENCE), 1),
         "physical_limit_ms": round(limit, 1),
+        "first_unit_as_expected": f"{as_expected}/{len(answers)}",
         "first_audio_ms_p50": round(statistics.median(first_audio), 1),
         "overhead_ms_p50": round(percentile(overhead, 50), 2),
         "overhead_ms_p99": round(percentile(overhead, 99), 2),
         "overhead_ms_max": round(max(overhead), 2),
         "client_first_audio_ms_p50": round(statistics.median(client_first_audio), 1),
+        "client_overhead_ms_p50": round(percentile(client_overhead, 50), 2),
+        "client_overhead_ms_p99": round(percentile(client_overhead, 99), 2),
+        "client_overhead_ms_max": round(max(client_overhead), 2),
         "before_first_audio_ms": round(statistics.median(before), 1),
         "speedup_vs_before": round(statistics.median(before) / statistics.median(first_audio), 1),
     }
+    if as_expected < len(answers):
+        print(
+            f"warning: {len(answers) - as_expected} answers did not start with the unit "
+            f"{FIRST_SENTENCE!r}; the physical limit does not apply to them",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(result))
     else:
