@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
+from pathlib import Path
+from types import ModuleType
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from voicechat.segmenter import Segmenter
@@ -294,5 +297,112 @@ def test_no_text_lost_or_reordered_and_split_invariant(parts: list[str], max_cha
     assert all(any(ch.isalnum() for ch in unit) for unit in streamed)
 
 
-# Linear cost on hostile input (long runs of marks, quotes, spaces...) is measured, not timed
-# here: scripts/bench_segmenter.py --worst feeds each run at 1x and 8x and prints the ratio.
+# --- hostile input ------------------------------------------------------------------------------
+# The adversarial generators of scripts/bench_segmenter.py (long runs of each punctuation class
+# and of each mark, their mixes, quote and bracket runs, digits with dots, URL-, email- and
+# markdown-like runs, alternations of any two classes): --worst measures their cost, these tests
+# check the units they give. No timing here (speed is measured by the script, never asserted).
+
+
+def _load_bench() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_segmenter.py"
+    spec = importlib.util.spec_from_file_location("bench_segmenter_generators", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = _load_bench()
+# Each class of characters, and each special mark on its own.
+_CHAR_CLASSES = [*BENCH.CLASSES.values(), *BENCH.MARKS]
+_named = st.tuples(st.sampled_from(sorted(BENCH.HOSTILE)), st.integers(1, 450)).map(
+    lambda case: BENCH.HOSTILE[case[0]](case[1])
+)
+_run = st.sampled_from(_CHAR_CLASSES).flatmap(
+    lambda chars: st.text(alphabet=chars, min_size=1, max_size=250)
+)
+_alternation = st.tuples(
+    st.sampled_from(_CHAR_CLASSES), st.sampled_from(_CHAR_CLASSES), st.integers(2, 250)
+).map(lambda case: BENCH.alternate(*case))
+# Hostile pieces, with some ordinary text between them.
+HOSTILE_TEXT = st.lists(
+    st.one_of(_named, _run, _alternation, _ALPHABET), min_size=1, max_size=6
+).map("".join)
+
+
+def _units(text: str, cuts: list[int], max_chars: int) -> list[str]:
+    seg = Segmenter(max_chars=max_chars)
+    units: list[str] = []
+    previous = 0
+    for cut in [*sorted(set(cuts)), len(text)]:
+        units += seg.feed(text[previous:cut])
+        previous = cut
+    return units + seg.flush()
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    text=HOSTILE_TEXT,
+    max_chars=st.sampled_from([10, 23, 80, 200]),
+    data=st.data(),
+)
+def test_hostile_input_keeps_the_text_for_any_split(
+    text: str, max_chars: int, data: st.DataObject
+) -> None:
+    whole = _units(text, [], max_chars)
+    assert _units(text, list(range(1, len(text))), max_chars) == whole
+    if len(text) > 1:
+        cuts = data.draw(st.lists(st.integers(1, len(text) - 1), max_size=30), label="cuts")
+        assert _units(text, cuts, max_chars) == whole
+    # Every letter and digit is spoken once, in order; a unit is a stripped piece of the text,
+    # in order, with something to say, and never longer than max_chars.
+    assert [c for c in "".join(whole) if c.isalnum()] == [c for c in text if c.isalnum()]
+    position = 0
+    for unit in whole:
+        found = text.find(unit, position)
+        assert found >= 0, (unit, text)
+        position = found + len(unit)
+    assert all(unit and unit == unit.strip() for unit in whole)
+    assert all(any(c.isalnum() for c in unit) for unit in whole)
+    assert all(len(unit) <= max_chars for unit in whole)
+
+
+@pytest.mark.parametrize("name", sorted(BENCH.HOSTILE))
+def test_each_hostile_generator_keeps_a_bounded_buffer(name: str) -> None:
+    """A deterministic guard for linearity: what the segmenter keeps (the unit in progress, its
+    look-ahead) stays bounded however long the run, so no step can re-read a growing text. Fed
+    one character at a time; the units are the same as whole."""
+    text = BENCH.HOSTILE[name](1500)
+    seg = Segmenter(max_chars=80)
+    units: list[str] = []
+    for char in text:
+        units += seg.feed(char)
+        assert len(seg._buf) <= 3 * 80
+    units += seg.flush()
+    assert units == _units(text, [], 80)
+    assert all(len(unit) <= 80 for unit in units)
+
+
+def test_a_run_of_marks_never_makes_a_unit_longer_than_max_chars() -> None:
+    # A run that goes past the length limit is cut by the limit (it once made a unit of up to
+    # twice max_chars: "Hi" + 500 "!" gave a 202-character unit).
+    # (the rest of the run, with nothing to say, is dropped up to the limit, as before).
+    assert _units("Hi" + "!" * 500 + " Next", [], 200) == ["Hi" + "!" * 198, "!" * 102 + " Next"]
+    units = _units("a" * 150 + "," + ")" * 300 + " b", [], 200)
+    assert units == ["a" * 150 + "," + ")" * 49, ")" * 51 + " b"]
+    for text in ("Wait" + "." * 30 + " what", "「はい" + "。」" * 20 + "と"):
+        for cuts in ([], list(range(1, len(text)))):
+            assert all(len(unit) <= 10 for unit in _units(text, cuts, 10))
+    # A run that reaches past the limit is decided again, whole, in the next unit: its closing
+    # quote still closes, so the quoted sentence still goes on ("と").
+    for cuts in ([], list(range(1, 13))):
+        assert _units('x "abc de．"と', cuts, 10) == ['x "abc', 'de．"と']
+    # Runs that end just before, at and just after the limit, then a cut.
+    for max_chars in (10, 23):
+        for word in range(1, max_chars + 1):
+            for run in range(1, 4):
+                for mark, after in (("!", " Next"), (".", " Then"), ("。", "好"), (",", ") b")):
+                    text = "a" * word + mark * run + after
+                    units = _units(text, [], max_chars)
+                    assert all(len(unit) <= max_chars for unit in units), (text, units)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
+from pathlib import Path
+from types import ModuleType
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from voicechat.segmenter import Segmenter
 from voicechat.speech_text import SpeechTextFilter, to_speech_text
 
 CASES: list[tuple[str, str]] = [
@@ -295,3 +299,81 @@ def test_plain_prose_is_unchanged_and_at_most_a_few_characters_behind(prose: str
         assert prose.startswith(out)
         assert index - len(out) <= 5  # at most "https" of a possible URL is held
     assert out + speech.flush() == prose
+
+
+# --- hostile input ------------------------------------------------------------------------------
+# The adversarial generators of scripts/bench_segmenter.py (long runs of each punctuation class
+# and of each mark, their mixes, quote and bracket runs, digits with dots, URL-, email- and
+# markdown-like runs, alternations of any two classes): --worst measures their cost through the
+# filter and the segmenter, these tests check the output. No timing here.
+
+
+def _load_bench() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_segmenter.py"
+    spec = importlib.util.spec_from_file_location("bench_segmenter_generators", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = _load_bench()
+_CHAR_CLASSES = [*BENCH.CLASSES.values(), *BENCH.MARKS]
+_named = st.tuples(st.sampled_from(sorted(BENCH.HOSTILE)), st.integers(1, 450)).map(
+    lambda case: BENCH.HOSTILE[case[0]](case[1])
+)
+_run = st.sampled_from(_CHAR_CLASSES).flatmap(
+    lambda chars: st.text(alphabet=chars, min_size=1, max_size=250)
+)
+_alternation = st.tuples(
+    st.sampled_from(_CHAR_CLASSES), st.sampled_from(_CHAR_CLASSES), st.integers(2, 250)
+).map(lambda case: BENCH.alternate(*case))
+HOSTILE_TEXT = st.lists(
+    st.one_of(_named, _run, _alternation, _ALPHABET), min_size=1, max_size=6
+).map("".join)
+
+
+def _stream(text: str, cuts: list[int]) -> tuple[str, list[str]]:
+    """The filter's output and the segmenter's units on it, for `text` fed in these pieces."""
+    speech, seg = SpeechTextFilter(), Segmenter()
+    out: list[str] = []
+    units: list[str] = []
+    previous = 0
+    for cut in [*sorted(set(cuts)), len(text)]:
+        out.append(speech.feed(text[previous:cut]))
+        units += seg.feed(out[-1])
+        previous = cut
+    out.append(speech.flush())
+    units += seg.feed(out[-1]) + seg.flush()
+    return "".join(out), units
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=HOSTILE_TEXT, data=st.data())
+def test_hostile_input_gives_the_same_output_for_any_split(text: str, data: st.DataObject) -> None:
+    expected = to_speech_text(text)
+    whole, units = _stream(text, [])
+    assert whole == expected
+    assert _stream(text, list(range(1, len(text)))) == (expected, units)
+    if len(text) > 1:
+        cuts = data.draw(st.lists(st.integers(1, len(text) - 1), max_size=30), label="cuts")
+        assert _stream(text, cuts) == (expected, units)
+    # The segmenter on the filter's output: every letter and digit of it, once, in order.
+    assert [c for c in "".join(units) if c.isalnum()] == [c for c in expected if c.isalnum()]
+    assert all(len(unit) <= 200 for unit in units)
+
+
+@pytest.mark.parametrize("name", sorted(BENCH.HOSTILE))
+def test_each_hostile_generator_keeps_a_bounded_tail(name: str) -> None:
+    """A deterministic guard for linearity: the undecided tail the filter keeps stays bounded
+    however long the run, so no feed can re-read a growing text. Fed one character at a time;
+    the output is the same as whole."""
+    text = BENCH.HOSTILE[name](1500)
+    speech = SpeechTextFilter()
+    out = []
+    for char in text:
+        out.append(speech.feed(char))
+        assert len(speech._buf) <= 300
+    out.append(speech.flush())
+    assert speech._buf == ""
+    assert "".join(out) == to_speech_text(text)

@@ -23,19 +23,23 @@ Where a unit ends:
   the first unit once it is ``first_clause_min_chars`` long (the first unit sets the latency the
   user hears), and for any unit once it is ``clause_min_chars`` long.
 * A unit that reaches ``max_chars`` without a cut is force-cut at its last space (text without
-  spaces, such as Chinese, at the limit).
+  spaces, such as Chinese, at the limit). No unit is longer than ``max_chars``: a run of marks
+  that would go past the limit is cut by the limit too.
 * A unit is emitted as soon as the first character that decides it has arrived: for a sentence
   end that is the first non-space character after it, never more look-ahead than that.
 * Units are stripped; a unit without a letter or digit is joined to the next one (or, at the
   very end of the answer, dropped), so nothing unspeakable (a lone ``—``, ``...``) is returned.
 
-Cost: every character is looked at a bounded number of times. A regular expression jumps from
-one candidate mark to the next and the scan resumes where it stopped; the look-ahead of an
-undecided mark (its run of marks and closers, the spaces after it) is remembered across deltas
-instead of being walked again, and never goes further than ``max_chars``; the quote tracker and
-the search for the unit's first letter also resume where they stopped; positions are offsets
-into one buffer, which is trimmed only when a delta arrives, so a long delta is not copied once
-per unit.
+Cost: every character is looked at a bounded number of times, whatever the text (long runs of
+any mark, quote or space included: scripts/bench_segmenter.py --worst). A regular expression
+jumps from one candidate mark to the next and the scan resumes where it stopped; the look-ahead
+of an undecided mark (its run of marks and closers, the spaces after it) is remembered across
+deltas instead of being walked again, and never goes past the unit's length limit; the quote
+tracker and the search for the unit's first letter also resume where they stopped; while the
+unit has no letter or digit yet, no mark is decided at all (none could cut); positions are
+offsets into one buffer, which is trimmed only when a delta arrives, so a long delta is not
+copied once per unit. "Not yet" is a return value (None), not an exception: fed one character
+at a time, raising one cost more than the rest of the work.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ _OPENERS = "\"'“‘([{«「『（【《〈"
 _OPEN_CONTEXT = frozenset("([{«（【《〈“‘「『")
 # Which open quotes each closing mark closes (LLMs sometimes mix straight and curly quotes).
 _CLOSES = {'"': '"“', "”": '“"', "'": "'‘", "’": "‘'", "」": "「", "』": "『"}
+_CLOSES_SET = {mark: frozenset(opens) for mark, opens in _CLOSES.items()}
 _MAX_OPEN_QUOTES = 8
 # The quote tracker visits quote marks and line breaks, and kana until the first one is seen.
 _QUOTE_SCAN = re.compile("[\"'“”‘’「」『』\n]")
@@ -113,8 +118,8 @@ def _has_speech(text: str) -> bool:
     return _ALNUM.search(text) is not None
 
 
-class _Wait(Exception):
-    """Internal: the decision needs text that has not arrived yet."""
+# A decision: the mark's run goes on past the unit's length limit (see Segmenter._settle).
+_OVER_LIMIT = (False, -1)
 
 
 class _Look:
@@ -208,6 +213,14 @@ class Segmenter:
         if self._start < size and buf[self._start].isspace():
             self._skip_space()  # the unit never starts with whitespace (a delta may start with it)
         while True:
+            if self._look is not None:
+                # A mark whose look-ahead waited for more text: it is the next candidate.
+                pos = self._look.pos
+                decision = self._decide(pos, final)
+                if decision is None:
+                    return units
+                self._settle(pos, decision, units)
+                continue
             limit = self._start + self.max_chars
             match = _CANDIDATE.search(buf, self._scan, limit)
             if match is None:
@@ -219,31 +232,58 @@ class Segmenter:
                 self._scan = size
                 return units
             pos = match.start()
+            if self._alnum_at < 0 and not self._speech_before(size):
+                # No letter or digit since the unit started: no mark can cut (a unit needs one),
+                # so none is decided now; only the length limit cuts (text that is dropped). The
+                # marks are skipped for good: any decision about them would be "no cut". Quote
+                # marks are still classified in order, when a later run or _trim needs it.
+                while size > self._start + self.max_chars:
+                    self._cut(self._start + self.max_chars, units)
+                self._scan = size
+                return units
             if pos + 1 == size and not final and buf[pos] != "\n":
                 self._scan = pos  # every mark but a line break needs the next character
                 return units
-            try:
-                cut, end = self._decide(pos, final)
-            except _Wait:
+            decision = self._decide(pos, final)
+            if decision is None:  # it needs text that has not arrived yet
                 self._scan = pos
                 return units
-            self._look = None
-            if cut and self._speech_before(end):
-                self._cut(end, units)
-            else:
-                self._scan = end  # the whole run is decided: its other marks are not candidates
+            if decision[0] or decision[1] < 0:
+                self._settle(pos, decision, units)
+            else:  # the common case, no cut: the whole run is decided, its marks are no candidates
+                self._look = None
+                self._scan = decision[1]
 
-    def _cut(self, end: int, units: list[str]) -> None:
-        unit = self._buf[self._start : end].strip()
-        if _has_speech(unit):  # only a forced cut through pure punctuation can fail this
+    def _settle(self, pos: int, decision: tuple[bool, int], units: list[str]) -> None:
+        """Act on the decision about the mark at `pos`."""
+        self._look = None
+        cut, end = decision
+        if end < 0:
+            # Its run goes on past the length limit: the limit cuts, and the run is decided
+            # afresh, whole, in the next unit (unless the cut falls inside it: no space before).
+            self._scan = pos
+            self._cut(self._force_cut_point(), units)
+        elif cut and self._speech_before(end):
+            self._cut(end, units, True)
+        else:
+            self._scan = end  # the whole run is decided: its other marks are not candidates
+
+    def _cut(self, end: int, units: list[str], speech: bool = False) -> None:
+        """End the unit at `end`; emit it if it has a letter or digit (`speech`: known to)."""
+        buf = self._buf
+        unit = buf[self._start : end].strip()
+        if speech or _has_speech(unit):  # only a forced cut through punctuation can fail this
             units.append(unit)
             self._emitted += 1
         self._start = end
-        self._scan = max(self._scan, end)
+        if self._scan < end:
+            self._scan = end
         if self._alnum_at < end:
             self._alnum_at = -1
-            self._alnum_scan = max(self._alnum_scan, end)
-        self._skip_space()
+            if self._alnum_scan < end:
+                self._alnum_scan = end
+        if end < len(buf) and buf[end].isspace():
+            self._skip_space()
 
     def _skip_space(self) -> None:
         buf = self._buf
@@ -282,33 +322,43 @@ class Segmenter:
         """Classify every quote mark before `target` not yet seen, in order."""
         buf = self._buf
         index = self._qpos
+        quotes = self._quotes
+        pattern = _QUOTE_SCAN if self._japanese else _QUOTE_OR_KANA_SCAN
         while index < target:
-            pattern = _QUOTE_SCAN if self._japanese else _QUOTE_OR_KANA_SCAN
             match = pattern.search(buf, index, target)
             if match is None:
                 break
             index = match.start()
             ch = buf[index]
             if ch == "\n":
-                self._quotes.clear()  # a quote does not run on past a paragraph
+                quotes.clear()  # a quote does not run on past a paragraph
             elif ch in _CLOSES or ch in _QUOTE_OPEN:
                 self._qpos = index
-                self._apply(ch, self._classify(index, final))
+                kind = self._classify(index, final)
+                if kind == "open" or (kind == "close" and quotes):
+                    self._apply(ch, kind)
             else:
                 self._japanese = True
+                pattern = _QUOTE_SCAN
             index += 1
-        self._qpos = max(self._qpos, target)
+        if self._qpos < target:
+            self._qpos = target
 
-    def _quote_kind(self, index: int, final: bool) -> str:
-        """Classify the quote mark at `index` (the next one due) and update the open quotes."""
-        self._advance_quotes(index, final)
+    def _quote_kind(self, index: int, final: bool) -> str | None:
+        """Classify the quote mark at `index` (the next one due) and update the open quotes;
+        None if that needs the next character and it has not arrived."""
+        if self._qpos < index:
+            self._advance_quotes(index, final)
         kind = self._classify(index, final)
+        if kind is None:
+            return None
         self._apply(self._buf[index], kind)
         self._qpos = index + 1
         return kind
 
-    def _classify(self, index: int, final: bool) -> str:
-        """'open', 'close', or '' (an apostrophe or a stray mark) for the quote mark at `index`.
+    def _classify(self, index: int, final: bool) -> str | None:
+        """'open', 'close', or '' (an apostrophe or a stray mark) for the quote mark at `index`;
+        None if that depends on the next character and it has not arrived yet.
 
         “ ‘ 「 『 always open and ” 」 』 always close. A straight quote opens after whitespace, the
         start of the text or an opening bracket or quote; otherwise it closes a matching open
@@ -326,29 +376,29 @@ class Segmenter:
         if ch in _QUOTE_CLOSE:
             return "close"
         prev = buf[index - 1] if index > 0 else " "
-        is_open = any(quote in _CLOSES[ch] for quote in self._quotes)
-        opening_context = prev.isspace() or prev in _OPEN_CONTEXT
+        # The next character: "" at the end of the answer, None if it has not arrived yet.
+        after = buf[index + 1] if index + 1 < len(buf) else "" if final else None
+        is_open = not _CLOSES_SET[ch].isdisjoint(self._quotes)
         if ch != '"' and prev.isalnum() and not _is_cjk(prev):
             if not is_open:
                 return ""  # "dogs' bowls", "don't"
-            return "" if self._next_is_word(index, final) else "close"
-        if opening_context:
-            if ch == "’" or (ch == "'" and self._next_char(index, final).isdigit()):
-                return ""  # "’90s", "'90s"
+            if after is None:
+                return None
+            return "" if after.isalnum() else "close"
+        if prev.isspace() or prev in _OPEN_CONTEXT:
+            if ch == "’":
+                return ""  # "’90s"
+            if ch == "'":
+                if after is None:
+                    return None
+                if after.isdigit():
+                    return ""  # "'90s"
             return "open"
         if is_open or ch == "’":
             return "close"
-        return "open" if self._next_is_word(index, final) else "close"
-
-    def _next_is_word(self, index: int, final: bool) -> bool:
-        return self._next_char(index, final).isalnum()
-
-    def _next_char(self, index: int, final: bool) -> str:
-        if index + 1 < len(self._buf):
-            return self._buf[index + 1]
-        if final:
-            return ""
-        raise _Wait
+        if after is None:
+            return None
+        return "open" if after.isalnum() else "close"
 
     def _apply(self, ch: str, kind: str) -> None:
         quotes = self._quotes
@@ -376,8 +426,11 @@ class Segmenter:
 
     # --- decisions --------------------------------------------------------------------------
 
-    def _decide(self, pos: int, final: bool) -> tuple[bool, int]:
-        """(is the mark at `pos` a cut, where its unit or run ends); _Wait if unsure."""
+    def _decide(self, pos: int, final: bool) -> tuple[bool, int] | None:
+        """(is the mark at `pos` a cut, where its unit or run ends); _OVER_LIMIT if its run goes
+        on past the unit's length limit; None if that needs text that has not arrived yet (a
+        return value, not an exception: raising one costs more than the rest of a feed of one
+        character)."""
         buf = self._buf
         mark = buf[pos]
         if mark == "\n":
@@ -390,16 +443,24 @@ class Segmenter:
             self._emitted > 0 or offset < self.first_clause_min_chars
         ):
             return False, pos + 1
-        look = self._walk_run(pos, final, sentence=False)
-        end = look.end
+        if pos + 1 < len(buf) and buf[pos + 1] not in _CLOSERS:
+            end = pos + 1  # the common case, no closer after the mark: nothing to walk
+        else:
+            look = self._walk_run(pos, final, False)
+            if look is None:
+                return None
+            end = look.end
+        if end - self._start > self.max_chars:
+            return _OVER_LIMIT
         if end == len(buf):
             return True, end  # only when final: _walk_run waits otherwise
         if mark in _CLAUSE_NO_SPACE:
             return True, end
         return buf[end].isspace(), end
 
-    def _walk_run(self, pos: int, final: bool, *, sentence: bool) -> _Look:
-        """The run of sentence marks (if `sentence`) and closers from `pos`, resumed if waiting."""
+    def _walk_run(self, pos: int, final: bool, sentence: bool) -> _Look | None:
+        """The run of sentence marks (if `sentence`) and closers from `pos`, resumed if waiting;
+        None while it reaches the end of the text so far."""
         look = self._look
         if look is None or look.pos != pos:
             look = self._look = _Look(pos, self._buf[pos])
@@ -407,9 +468,15 @@ class Segmenter:
             return look
         buf = self._buf
         size = len(buf)
-        cap = pos + self.max_chars
+        # A unit never grows past the length limit: the walk stops one character after it (then
+        # the run goes on past the limit, and the limit cuts).
+        cap = self._start + self.max_chars
         index = look.end
-        while index < size and index < cap:
+        # Before the end of the answer, a run character at the very end of the text leaves the
+        # run open whatever it is (a quote there, closing or not, needs the next character to
+        # tell), so the walk stops before it and looks at it once, when more text has come.
+        stop = min(size if final else size - 1, cap + 1)
+        while index < stop:
             ch = buf[index]
             if sentence and ch in _SENTENCE:
                 look.cjk = look.cjk or ch in _SENTENCE_CJK
@@ -419,19 +486,33 @@ class Segmenter:
                 pass
             elif ch in _CLOSES:
                 look.end = index
-                if self._quote_kind(index, final) != "close":
+                if index < self._qpos:
+                    # Classified by an earlier walk of this run, one that went past the length
+                    # limit (see _settle): that walk went on past the quote, so it closes.
+                    kind = "close"
+                else:
+                    if pos <= self._qpos:
+                        # Only marks and closers of this run since the last quote: nothing to
+                        # track before this one.
+                        self._qpos = index
+                    kind = self._quote_kind(index, final)
+                    if kind is None:
+                        return None  # resumed here, at the quote, when the next character comes
+                if kind != "close":
                     break
                 look.quoted = True
             else:
                 break
             index += 1
+        else:
+            if index <= cap and not final and buf[index] in (_RUN if sentence else _CLOSERS):
+                look.end = index
+                return None  # resumed here when the next character arrives
         look.end = index
-        if index == size and not final:
-            raise _Wait
         look.done = True
         return look
 
-    def _decide_sentence(self, pos: int, final: bool) -> tuple[bool, int]:
+    def _decide_sentence(self, pos: int, final: bool) -> tuple[bool, int] | None:
         buf = self._buf
         size = len(buf)
         look = self._look if self._look is not None and self._look.pos == pos else None
@@ -441,11 +522,15 @@ class Segmenter:
             end, nxt, cjk, quoted = pos + 1, pos + 1, mark in _SENTENCE_CJK, False
             dot, single_period = mark in ".…", mark == "."
         else:
-            look = self._walk_run(pos, final, sentence=True)
+            look = self._walk_run(pos, final, True)
+            if look is None:
+                return None
             end, nxt, cjk, quoted = look.end, max(look.nxt, look.end), look.cjk, look.quoted
             dot, single_period = look.dot, look.single_period
-        if end == size or end - pos >= self.max_chars:
-            return True, end  # the end of the answer, or a run of marks as long as a unit
+        if end - self._start > self.max_chars:
+            return _OVER_LIMIT
+        if end == size:
+            return True, end  # the end of the answer
         after = buf[end]
         if not after.isspace():
             if quoted and self._continues(after, spaced=False):
@@ -466,7 +551,7 @@ class Segmenter:
                 look = self._look = _Look(pos, mark)
                 look.end, look.done = end, True
             look.nxt = nxt
-            raise _Wait
+            return None
         following = buf[nxt]
         if quoted and self._continues(following, spaced=True):
             return False, end  # '"Is anyone there?" and stepped inside'

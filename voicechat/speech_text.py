@@ -49,10 +49,14 @@ scanner stops there and keeps the tail from that point for the next ``feed``; ``
 the same rules with "end of text" instead. Constructs whose end is far away keep their state in
 fields instead of re-reading the text: a URL's host and its trailing punctuation, an emphasis run,
 a link's converted text, the cell spacing of a table row, the scan position of a line that may be
-a rule. Where a decision needs a long look ahead (a possible rule line, a possible tag), it is
-defined on at most 300 characters, so it never depends on how much has arrived yet. The kept
-tail is therefore at most about 300 characters; a feed re-reads only that, and the cost is linear
-in the input (about 0.3 µs per character for prose in 4-character deltas).
+a rule, how far the scan of a possible HTML tag got (``_TagScan``). Where a decision needs a long
+look ahead (a possible rule line, a possible tag), it is defined on at most 300 characters, so it
+never depends on how much has arrived yet, and its scan resumes where it stopped: a construct
+that arrives one character at a time is read once, not once per character. The kept tail is
+therefore at most about 300 characters, a feed re-reads at most a few characters of it (a
+possible URL prefix, a line marker), and the cost is linear in the input whatever its shape
+(about 0.3 µs per character for prose in 4-character deltas; hostile input, such as long runs of
+one mark, is measured by ``scripts/bench_segmenter.py --worst``).
 
 Holdback (why output can lag input) happens only where a construct may be incomplete:
 
@@ -136,11 +140,6 @@ _CLOSING_FENCE = {
 }
 _DEST_STOP = re.compile(r"[()\n]")
 
-_TAG_NAME = re.compile(r"/?([a-z][a-z0-9]*)")
-_ATTR = re.compile(r"""[A-Za-z_:][-\w:.]*[ \t]*=[ \t]*(?:"[^"\n]*"|'[^'\n]*'|[^\s"'=<>`]+)""")
-_ATTR_START = re.compile(
-    r"""[A-Za-z_:][-\w:.]*(?:[ \t]*(?:=[ \t]*(?:"[^"\n]*|'[^'\n]*|[^\s"'=<>`]*)?)?)?"""
-)
 _NEWLINE_TAGS = frozenset(
     "br hr p div li ul ol tr table thead tbody blockquote pre details summary "
     "h1 h2 h3 h4 h5 h6".split()
@@ -186,43 +185,129 @@ def _task_box(text: str, pos: int, final: bool) -> int | None:
     return 3
 
 
-def _scan_tag(text: str, final: bool) -> tuple[int, str] | None:
-    """(length, name) of the HTML tag at the start of `text` (which starts with "<"); (0, "")
-    when it is none, None when `text` ends before that is known. Only _MAX_HOLD characters
-    count: a longer "tag" is plain text, so the answer never depends on how much has arrived."""
-    if len(text) >= _MAX_HOLD:
-        text, final = text[:_MAX_HOLD], True
-    size = len(text)
-    need = (0, "") if final else None
-    name = _TAG_NAME.match(text, 1)
-    if not name:
-        return need if size == 1 or (size == 2 and text[1] == "/") else (0, "")
-    pos = name.end()
-    if pos == size:
-        return need
-    if name.group(1) not in _TAGS:
-        return (0, "")
-    while True:
-        start = _run_end(_INDENT, text, pos)
-        if start == size:
-            return need
-        char = text[start]
-        if char == ">":
-            return (start + 1, name.group(1))
-        if char == "/":
-            if start + 1 == size:
-                return need
-            return (start + 2, name.group(1)) if text[start + 1] == ">" else (0, "")
-        if start == pos:
-            return (0, "")  # an attribute must follow whitespace
-        attr = _ATTR.match(text, start)
-        if attr and attr.end() < size:
-            pos = attr.end()
-            continue
-        partial = _ATTR_START.match(text, start)
-        if attr or (partial and partial.end() == size):
-            return need  # the attribute may go on
-        return (0, "")  # "<b and c>": bare words are not attributes (and not HTML)
+# The HTML tag scanner's states (see _scan_tag).
+_TAG_START = 0  # after "<"
+_TAG_SLASH = 1  # after "</"
+_TAG_NAME_RUN = 2  # in the tag name
+_TAG_GAP = 3  # after the name or an attribute: whitespace, then ">", "/>" or an attribute
+_TAG_ATTR = 4  # in an attribute's name
+_TAG_EQUALS = 5  # after an attribute's name: whitespace, then "="
+_TAG_VALUE = 6  # after "=": whitespace, then the value
+_TAG_QUOTED = 7  # in a quoted value (the quote is in `_TagScan.quote`)
+_TAG_UNQUOTED = 8  # in an unquoted value
+_NO_TAG = (0, "")
+_TAG_NAME_CHARS = re.compile(r"[a-z0-9]*")
+_ATTR = re.compile(r"""[A-Za-z_:][-\w:.]*[ \t]*=[ \t]*(?:"[^"\n]*"|'[^'\n]*'|[^\s"'=<>`]+)""")
+_ATTR_NAME_START = re.compile(r"[A-Za-z_:]")
+_ATTR_NAME_CHARS = re.compile(r"[-\w:.]*")
+_UNQUOTED_VALUE = re.compile(r"""[^\s"'=<>`]*""")
+_QUOTED_END = {'"': re.compile('["\n]'), "'": re.compile("['\n]")}
+
+
+class _TagScan:
+    """How far the scan of the "<" at input position `at` got: it resumes there, so a tag that
+    arrives one character at a time is read once, not once per character."""
+
+    __slots__ = ("at", "gap", "index", "name", "name_at", "quote", "state")
+
+    def __init__(self, at: int = -1) -> None:
+        self.at = at  # input position of the "<" (-1: none)
+        self.state = _TAG_START
+        self.index = 1  # where the scan resumes, from the "<"
+        self.name = ""
+        self.name_at = 0
+        self.gap = False  # whitespace since the name or the last attribute
+        self.quote = ""
+
+
+def _scan_tag(buf: str, pos: int, final: bool, scan: _TagScan) -> tuple[int, str] | None:
+    """(length, name) of the HTML tag at ``buf[pos]`` (a "<"); (0, "") when it is none, None when
+    the text ends before that is known (`scan` then remembers where to resume). Only _MAX_HOLD
+    characters count: a longer "tag" is plain text, so the answer never depends on how much has
+    arrived.
+
+    A tag is ``<`` or ``</``, a name of the fixed list (lowercase ASCII letters and digits), then
+    attributes, each after whitespace (``name = "value"``, ``'value'`` or ``value``; a quoted
+    value does not span lines), then optional whitespace and ``>`` or ``/>``."""
+    end = len(buf)
+    if end - pos >= _MAX_HOLD:
+        end, final = pos + _MAX_HOLD, True
+    state, index, gap = scan.state, pos + scan.index, scan.gap
+    while index < end:
+        char = buf[index]
+        if state == _TAG_START or state == _TAG_SLASH:
+            if char == "/" and state == _TAG_START:
+                state = _TAG_SLASH
+            elif "a" <= char <= "z":
+                state, scan.name_at = _TAG_NAME_RUN, index - pos
+            else:
+                return _NO_TAG
+            index += 1
+        elif state == _TAG_NAME_RUN:
+            index = _TAG_NAME_CHARS.match(buf, index, end).end()
+            if index == end:
+                break  # the name may go on
+            scan.name = buf[pos + scan.name_at : index]
+            if scan.name not in _TAGS:
+                return _NO_TAG
+            state, gap = _TAG_GAP, False
+        elif state == _TAG_GAP:
+            if char in " \t":
+                gap = True
+                index = _INDENT.match(buf, index, end).end()
+            elif char == ">":
+                return (index + 1 - pos, scan.name)
+            elif char == "/":
+                if index + 1 == end:
+                    break
+                return (index + 2 - pos, scan.name) if buf[index + 1] == ">" else _NO_TAG
+            elif gap and _ATTR_NAME_START.match(char):
+                # An attribute (it must follow whitespace): a whole one at once if it is there,
+                # else one step at a time, resumed by the next feed.
+                whole = _ATTR.match(buf, index, end)
+                if whole and whole.end() < end:
+                    gap, index = False, whole.end()
+                else:
+                    state = _TAG_ATTR
+                    index += 1
+            else:
+                return _NO_TAG  # "<b and c>": bare words are not attributes (and not HTML)
+        elif state == _TAG_ATTR:
+            index = _ATTR_NAME_CHARS.match(buf, index, end).end()
+            if index < end:
+                state = _TAG_EQUALS
+        elif state == _TAG_EQUALS or state == _TAG_VALUE:
+            if char in " \t":
+                index += 1
+            elif state == _TAG_EQUALS:
+                if char != "=":
+                    return _NO_TAG
+                state = _TAG_VALUE
+                index += 1
+            elif char == '"' or char == "'":
+                state, scan.quote = _TAG_QUOTED, char
+                index += 1
+            elif _UNQUOTED_VALUE.match(char).end():
+                state = _TAG_UNQUOTED
+                index += 1
+            else:
+                return _NO_TAG
+        elif state == _TAG_QUOTED:
+            found = _QUOTED_END[scan.quote].search(buf, index, end)
+            if found is None:
+                index = end
+                break
+            if buf[found.start()] == "\n":
+                return _NO_TAG
+            state, gap, index = _TAG_GAP, False, found.end()
+        else:  # _TAG_UNQUOTED
+            index = _UNQUOTED_VALUE.match(buf, index, end).end()
+            if index < end:
+                state, gap = _TAG_GAP, False
+    if final:
+        return _NO_TAG
+    scan.state, scan.index, scan.gap = state, index - pos, gap
+    return None
 
 
 class SpeechTextFilter:
@@ -255,6 +340,7 @@ class SpeechTextFilter:
         self._quoted = False  # the line start follows a ">": its text loses its indentation
         self._fence = ""  # the opening fence of the code block we are in
         self._fence_quoted = False  # ... which was opened inside a blockquote
+        self._tag = _TagScan()  # the scan of a "<" that may be an HTML tag
         self._reset_line()
 
     def _reset_line(self) -> None:
@@ -318,6 +404,10 @@ class SpeechTextFilter:
 
     def _line_start(self, buf: str, pos: int) -> int:
         """Strip the markers of the line at `pos` (or drop it); return where its text begins."""
+        if buf[pos] == "\n":  # a blank line: kept as it is, and the next line is a line start
+            self._quoted = False
+            self._out.append("\n")
+            return pos + 1
         size, limit = len(buf), pos + _MAX_HOLD
         end = _run_end(_RULE_CHARS, buf, pos + self._scanned, limit)
         if end == size < limit and not self._final:
@@ -388,9 +478,10 @@ class SpeechTextFilter:
         return self._start_body(text)
 
     def _start_body(self, pos: int, *, skip_ws: bool = False, table: bool = False) -> int:
+        # The body state is already reset: only a line's body changes it, and _end_line resets
+        # it when the line ends.
         self._mode = _BODY
         self._quoted = False
-        self._reset_line()
         self._skip_ws = skip_ws
         self._table = table
         return pos
@@ -476,10 +567,20 @@ class SpeechTextFilter:
         return pos
 
     def _special(self, buf: str, pos: int, char: str) -> int:
-        """Handle the character at `pos` that may start a construct."""
-        if _EMOJI.match(char):
+        """Handle the character at `pos` that may start a construct (one that the `_SPECIAL`
+        expressions find)."""
+        if char in "*_~`!":
+            self._run, self._run_len, self._run_before = char, 1, self._prev
             self._prev = char
             return pos + 1
+        if char in "hHwW":
+            return self._word_start(buf, pos, char)
+        if char == "<":
+            return self._angle(buf, pos)
+        if char == "[":
+            return self._open_link(pos)
+        if char == "]":
+            return self._close_bracket(buf, pos)
         if char == "|":  # table rows only
             self._ws_hold = []
             self._cell_sep = self._row_content
@@ -489,19 +590,10 @@ class SpeechTextFilter:
             self._ws_hold.append(char)
             self._prev = char
             return pos + 1
-        if char in "*_~`!":
-            self._run, self._run_len, self._run_before = char, 1, self._prev
-            self._prev = char
-            return pos + 1
-        if char in "hHwW":
-            return self._word_start(buf, pos, char)
-        if char == "[":
-            return self._open_link(pos)
-        if char == "]":
-            return self._close_bracket(buf, pos)
-        if char == "<":
-            return self._angle(buf, pos)
-        return self._escape(buf, pos)
+        if char == "\\":
+            return self._escape(buf, pos)
+        self._prev = char  # an emoji: it goes
+        return pos + 1
 
     def _emit(self, text: str) -> None:
         """Say `text` (into the held link text while a "[" is open)."""
@@ -646,6 +738,10 @@ class SpeechTextFilter:
 
     def _url_prefix(self, buf: str, pos: int) -> int | None:
         """Length of the URL prefix at `pos` (0: none), None when that is not known yet."""
+        if pos >= len(buf):
+            return 0 if self._final else None
+        if buf[pos] not in "hHwW":
+            return 0  # the common case: no prefix starts with it
         wait = False
         for prefix in _URL_PREFIXES:
             seen = buf[pos : pos + len(prefix)]
@@ -726,7 +822,13 @@ class SpeechTextFilter:
         if length:
             self._start_url(buf[pos + 1 : pos + 1 + length], angle=True)
             return pos + 1 + length
-        tag = _scan_tag(buf[pos : pos + _MAX_HOLD], self._final)
+        if pos + 1 < len(buf) and buf[pos + 1] != "/" and not "a" <= buf[pos + 1] <= "z":
+            tag: tuple[int, str] | None = _NO_TAG  # "x < 5", "<3": no tag name follows
+        else:
+            at = self._base + pos
+            if self._tag.at != at:
+                self._tag = _TagScan(at)
+            tag = _scan_tag(buf, pos, self._final, self._tag)
         if tag is None:
             return self._wait(pos)
         length, name = tag
