@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from voicechat.segmenter import Segmenter
+
+from .hostile import BENCH, hostile_text
 
 CASES: list[tuple[str, list[str]]] = [
     ("Hello world. How are you? I am fine!", ["Hello world.", "How are you?", "I am fine!"]),
@@ -304,31 +303,7 @@ def test_no_text_lost_or_reordered_and_split_invariant(parts: list[str], max_cha
 # check the units they give. No timing here (speed is measured by the script, never asserted).
 
 
-def _load_bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_segmenter.py"
-    spec = importlib.util.spec_from_file_location("bench_segmenter_generators", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BENCH = _load_bench()
-# Each class of characters, and each special mark on its own.
-_CHAR_CLASSES = [*BENCH.CLASSES.values(), *BENCH.MARKS]
-_named = st.tuples(st.sampled_from(sorted(BENCH.HOSTILE)), st.integers(1, 450)).map(
-    lambda case: BENCH.HOSTILE[case[0]](case[1])
-)
-_run = st.sampled_from(_CHAR_CLASSES).flatmap(
-    lambda chars: st.text(alphabet=chars, min_size=1, max_size=250)
-)
-_alternation = st.tuples(
-    st.sampled_from(_CHAR_CLASSES), st.sampled_from(_CHAR_CLASSES), st.integers(2, 250)
-).map(lambda case: BENCH.alternate(*case))
-# Hostile pieces, with some ordinary text between them.
-HOSTILE_TEXT = st.lists(
-    st.one_of(_named, _run, _alternation, _ALPHABET), min_size=1, max_size=6
-).map("".join)
+HOSTILE_TEXT = hostile_text(_ALPHABET)
 
 
 def _units(text: str, cuts: list[int], max_chars: int) -> list[str]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +10,8 @@ from hypothesis import strategies as st
 
 from voicechat.segmenter import Segmenter
 from voicechat.speech_text import SpeechTextFilter, to_speech_text
+
+from .hostile import BENCH, hostile_text
 
 CASES: list[tuple[str, str]] = [
     # plain prose, any script, passes unchanged
@@ -308,29 +307,7 @@ def test_plain_prose_is_unchanged_and_at_most_a_few_characters_behind(prose: str
 # filter and the segmenter, these tests check the output. No timing here.
 
 
-def _load_bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_segmenter.py"
-    spec = importlib.util.spec_from_file_location("bench_segmenter_generators", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BENCH = _load_bench()
-_CHAR_CLASSES = [*BENCH.CLASSES.values(), *BENCH.MARKS]
-_named = st.tuples(st.sampled_from(sorted(BENCH.HOSTILE)), st.integers(1, 450)).map(
-    lambda case: BENCH.HOSTILE[case[0]](case[1])
-)
-_run = st.sampled_from(_CHAR_CLASSES).flatmap(
-    lambda chars: st.text(alphabet=chars, min_size=1, max_size=250)
-)
-_alternation = st.tuples(
-    st.sampled_from(_CHAR_CLASSES), st.sampled_from(_CHAR_CLASSES), st.integers(2, 250)
-).map(lambda case: BENCH.alternate(*case))
-HOSTILE_TEXT = st.lists(
-    st.one_of(_named, _run, _alternation, _ALPHABET), min_size=1, max_size=6
-).map("".join)
+HOSTILE_TEXT = hostile_text(_ALPHABET)
 
 
 def _stream(text: str, cuts: list[int]) -> tuple[str, list[str]]:
