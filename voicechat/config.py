@@ -126,19 +126,18 @@ async def open_backends(options: BackendOptions, stack: AsyncExitStack) -> Backe
     """
     if options.tts not in TTS_CHOICES:
         raise ConfigError(f"unknown --tts {options.tts!r}; choose one of: {', '.join(TTS_CHOICES)}")
+    settings = llm_settings(options)
     try:
         checkpointer = await open_checkpointer(options.memory, stack)
         workers: dict[str, Worker] = {}
         if options.llm.partition(":")[0] == "local":
-            workers["llm"] = llm_worker(local_model_path(llm_settings(options)))
+            workers["llm"] = llm_worker(local_model_path(settings))
         if options.tts == "piper":
             workers.update(_voice_workers(options))
         for worker in workers.values():
             stack.push_async_callback(worker.aclose)
         await _start_workers(workers)
-        backend = await asyncio.to_thread(
-            build_backend, llm_settings(options), checkpointer, workers.get("llm")
-        )
+        backend = await asyncio.to_thread(build_backend, settings, checkpointer, workers.get("llm"))
         stack.callback(backend.close)
     except (LLMConfigError, MemoryConfigError) as exc:
         raise ConfigError(str(exc)) from None

@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         channel.send({"t": "fatal", "message": f"{type(exc).__name__}: {exc}"})
         return EXIT_FATAL
-    channel.send({"t": "ready", "pid": os.getpid(), "info": engine.info()})
+    channel.send({"t": "ready", "info": engine.info()})
 
     while True:
         request_id, request = channel.jobs.get()

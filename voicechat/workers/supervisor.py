@@ -56,11 +56,6 @@ class WorkerDied(WorkerError):
 class WorkerStartError(Exception):
     """The worker could not load its engine or failed its self-check; the message is one line."""
 
-    def __init__(self, message: str, *, returncode: int | None = None, stage: str = "") -> None:
-        super().__init__(message)
-        self.returncode = returncode
-        self.stage = stage
-
 
 def describe_exit(returncode: int | None) -> str:
     """'crashed with SIGILL (illegal instruction)', 'exited with code 3', ..."""
@@ -127,7 +122,6 @@ class Worker:
         self.stall_timeout_s = stall_timeout_s
         self.state = "stopped"  # starting, ready, restarting, stopped
         self.restarts = 0
-        self.info: dict[str, Any] = {}  # what the engine said about itself when ready
         self.last_start_s: float | None = None  # spawn -> ready, for the last (re)start
         self._current: _Process | None = None
         self._ready = asyncio.Event()
@@ -245,12 +239,13 @@ class Worker:
             return_when=asyncio.FIRST_COMPLETED,
         )
         if current.ready in done:
-            self.info = current.ready.result()
             self.last_start_s = time.monotonic() - started
             self.state = "ready"
             log.info(
                 "%s worker ready (pid %d) in %.2f s", self.kind, current.pid, self.last_start_s
             )
+            # What the engine says of itself (for llama.cpp: the CPU features it was built for).
+            log.info("%s engine: %s", self.kind, current.ready.result())
             self._ready.set()
             return current
         timed_out = not done
@@ -264,7 +259,7 @@ class Worker:
             message = f"{self.label} {describe_exit(code)} {_STAGE_TEXT.get(current.stage, '')}"
             if code == -signal.SIGILL and self.sigill_hint:
                 message = f"{message.strip()}: {self.sigill_hint}"
-        raise WorkerStartError(message.strip(), returncode=code, stage=current.stage)
+        raise WorkerStartError(message.strip())
 
     async def _read(self, current: _Process) -> int:
         """Route the worker's frames until EOF; return its exit status."""
