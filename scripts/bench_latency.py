@@ -159,8 +159,8 @@ async def plot_one_answer(
     from timeline_plot import plot_timeline  # scripts/timeline_plot.py
 
     from voicechat.llm import LLMSettings, build_backend
-    from voicechat.pipeline import PipelineSettings
-    from voicechat.server import ServerConfig, VoiceChatServer
+    from voicechat.server import VoiceChatServer
+    from voicechat.settings import PipelineSettings, ServerConfig
 
     trace: list[tuple[str, float, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory() as tmp:

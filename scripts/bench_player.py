@@ -33,8 +33,7 @@ from tests.audio_env import (
 from voicechat.audio.player import AudioPlayer
 from voicechat.cli import running_server
 from voicechat.client.ask import ask
-from voicechat.config import BackendOptions
-from voicechat.server import ServerConfig
+from voicechat.settings import BackendOptions, ServerConfig
 
 PROMPTS = ["Tell me about the moon.", "What is rain?", "Describe a cat.", "Why is the sky blue?"]
 

@@ -14,8 +14,7 @@ import asyncio
 from pathlib import Path
 
 from voicechat.cli import running_server
-from voicechat.config import BackendOptions
-from voicechat.server import ServerConfig
+from voicechat.settings import BackendOptions, ServerConfig
 from voicechat.tui.app import AnswerView, VoiceChatApp
 
 

@@ -15,8 +15,8 @@ from voicechat.client.connection import ChatConnection
 from voicechat.llm import ChatBackend
 from voicechat.llm.graph import build_chat_graph
 from voicechat.llm.scripted import ScriptedChatModel, parse_script
-from voicechat.pipeline import PipelineSettings
-from voicechat.server import ServerConfig, VoiceChatServer
+from voicechat.server import VoiceChatServer
+from voicechat.settings import PipelineSettings, ServerConfig
 from voicechat.tts.base import Pcm, TTSEngine, TTSError
 from voicechat.tts.tone import ToneTTS
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from voicechat.client.ask import EXIT_ANSWER_FAILED, EXIT_OK, EXIT_UNREACHABLE, ask
+from voicechat.client.ask import ask
 from voicechat.segmenter import Segmenter
+from voicechat.settings import EXIT_ANSWER_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from voicechat.tts.tone import ToneTTS, tone_pcm
 
 from .conftest import running_server, scripted_backend

@@ -26,9 +26,10 @@ import pytest
 
 from voicechat.audio.wav import decode_wav
 from voicechat.client.connection import ChatConnection
-from voicechat.config import BackendOptions, ConfigError, open_backends
+from voicechat.config import ConfigError, open_backends
 from voicechat.llm.local import default_model_path
-from voicechat.server import ServerConfig, VoiceChatServer
+from voicechat.server import VoiceChatServer
+from voicechat.settings import BackendOptions, ServerConfig
 
 from .conftest import WAIT_S, collect_answer
 from .process_guard import owned_tempdir, spawn, stop

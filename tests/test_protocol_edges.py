@@ -249,7 +249,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from voicechat.llm import ChatBackend
 from voicechat.llm.graph import build_chat_graph
 from voicechat.llm.scripted import ScriptedChatModel, parse_script
-from voicechat.server import ServerConfig, VoiceChatServer
+from voicechat.server import VoiceChatServer
+from voicechat.settings import ServerConfig
 from voicechat.tts.tone import ToneTTS
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)

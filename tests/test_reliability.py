@@ -37,7 +37,8 @@ from voicechat.client.ask import ask
 from voicechat.client.connection import ChatConnection, ServerUnavailable
 from voicechat.llm import ChatBackend
 from voicechat.llm.graph import build_chat_graph
-from voicechat.server import VoiceChatServer, exposure_problem, presented_token
+from voicechat.server import VoiceChatServer, presented_token
+from voicechat.settings import exposure_problem
 from voicechat.tts.base import TTSError
 from voicechat.tts.fish import FishSpeechTTS
 from voicechat.tts.tone import ToneTTS

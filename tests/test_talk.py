@@ -19,8 +19,9 @@ from textual.widgets import Input, Static
 
 from tests.audio_env import MonitorRecording
 from tests.conftest import WAIT_S, gated_backend, running_server, scripted_backend
-from voicechat.config import BackendOptions, open_backends
+from voicechat.config import open_backends
 from voicechat.server import VoiceChatServer
+from voicechat.settings import BackendOptions
 from voicechat.tts.tone import ToneTTS
 from voicechat.tui.app import AnswerView, NoticeLine, UserLine, VoiceChatApp, _locate
 

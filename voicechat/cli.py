@@ -1,107 +1,204 @@
-"""The command line: `voicechat serve`, `voicechat ask`. Thin: parse flags, build objects, run.
+"""The command line: `serve`, `talk`, `ask`, `doctor`. Thin: parse flags, build objects, run.
 
-Every option can also be set with a VOICECHAT_* environment variable (shown in --help).
+Every option can also be set with a VOICECHAT_* environment variable. This module imports only
+Typer and `voicechat.settings` at start-up: the back ends, the server and the audio stack are
+imported when a command runs, so `--help`, `--version` and usage errors answer at once
+(scripts/bench_cli.py measures it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import sys
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from voicechat.audio.player import AudioPlayer, AudioUnavailable, list_output_devices
-from voicechat.client.ask import EXIT_USAGE, ask
-from voicechat.client.connection import DEFAULT_SERVER_URL
-from voicechat.config import BackendOptions, ConfigError, open_backends
-from voicechat.pipeline import PipelineSettings
-from voicechat.server import ServerConfig, VoiceChatServer, exposure_problem, is_loopback
-from voicechat.workers import WorkerStartError
+from voicechat.settings import (
+    DEFAULT_SERVER_URL,
+    EXIT_ENGINE,
+    EXIT_USAGE,
+    BackendOptions,
+    PipelineSettings,
+    ServerConfig,
+    exposure_problem,
+    is_loopback,
+)
 
-EXIT_ENGINE = 4  # an embedded engine failed to load or crashed in its start-up self-check
+if TYPE_CHECKING:
+    from voicechat.audio.player import AudioPlayer
+    from voicechat.tui.app import VoiceChatApp
+
+ENV_NOTE = "Every option is also an environment variable: --max-tokens is VOICECHAT_MAX_TOKENS."
+
 
 app = typer.Typer(
     name="voicechat",
     help="Speak an LLM's answer while the LLM is still writing it.",
+    epilog="Start with `voicechat talk`; `voicechat doctor` checks what works on this machine.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"max_content_width": 120},
 )
 
 log = logging.getLogger("voicechat")
 
+# Help panels, in the order they appear.
+SERVER, CONNECTION, OUTPUT, AUDIO = "Server", "Connection", "Output", "Audio"
+BACK_ENDS, LOCAL, FISH = "Back ends", "Local models", "Fish Speech"
+SECURITY, LIMITS, TUNING = "Security", "Limits", "Tuning (rarely needed)"
 
-def _option(name: str, help: str, **kwargs: Any) -> Any:
-    """A flag `--name` that also reads VOICECHAT_NAME."""
-    env = "VOICECHAT_" + name.split("/")[0].lstrip("-").replace("-", "_").upper()
-    return typer.Option(name, envvar=env, help=help, **kwargs)
+
+def _option(
+    name: str,
+    help: str,
+    panel: str,
+    metavar: str = "",
+    *,
+    env: bool = True,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A flag `--name` in a help panel, reading VOICECHAT_NAME too, with a short metavar.
+
+    Bounds are checked by a parser, not Typer's `min=`, which prints `[x>=1]` beside the
+    metavar: one more word in an 80-column help table.
+    """
+    if env:
+        kwargs["envvar"] = "VOICECHAT_" + name.split("/")[0].lstrip("-").replace("-", "_").upper()
+    if minimum is not None:
+        kwargs["parser"] = _bounded(minimum, maximum)
+    return typer.Option(
+        name, help=help, rich_help_panel=panel, metavar=metavar, show_envvar=False, **kwargs
+    )
 
 
-# Sent by the clients, required by the server when set (docs/security.md).
+def _bounded(minimum: float, maximum: float | None) -> Any:
+    """A parser for a number within [minimum, maximum], with an error that says the range."""
+    kind = int if isinstance(minimum, int) else float
+
+    def parse(text: Any) -> Any:  # a str from the command line, the default otherwise
+        try:
+            value = kind(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not a number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum else f"at least {minimum}"
+            raise typer.BadParameter(f"it must be {bounds}, not {text}")
+        return value
+
+    return parse
+
+
+def _flag(name: str, help: str, panel: str, **kwargs: Any) -> Any:
+    """An on/off flag: no metavar, no environment variable."""
+    return _option(name, help, panel, env=False, **kwargs)
+
+
+# --- flags shared by several commands ------------------------------------------------------------
 Token = Annotated[
     str | None,
-    _option("--token", "Shared secret: the server requires it, clients send it (Bearer)."),
+    _option(
+        "--token", "Shared secret: the server requires it, clients send it.", SECURITY, "TOKEN"
+    ),
 ]
-
-# Audio flags, shared by `ask --play` and `talk`.
+ClientToken = Annotated[
+    str | None,
+    _option("--token", "Shared secret the server requires (sent as Bearer).", CONNECTION, "TOKEN"),
+]
 Device = Annotated[
     str | None,
-    _option("--device", "Audio output: an index or name from --list-devices, or null."),
+    _option("--device", "Audio output: index or name (--list-devices), or null.", AUDIO, "DEV"),
 ]
-ListDevices = Annotated[
-    bool, typer.Option("--list-devices", help="List audio output devices and exit.")
-]
+ListDevices = Annotated[bool, _flag("--list-devices", "List audio outputs and exit.", AUDIO)]
 
-# Back-end flags, shared by `serve` and `ask --embedded` (their names match BackendOptions).
+# Back-end flags, shared by `serve`, `talk` and `ask --embedded` (names match BackendOptions).
 Llm = Annotated[
-    str,
-    _option("--llm", "Chat back end: local, openai, graph:MODULE:ATTR or scripted[:PATH]."),
+    str, _option("--llm", "local, openai, graph:MODULE:ATTR or scripted[:PATH].", BACK_ENDS, "LLM")
 ]
-LlmModelPath = Annotated[Path | None, _option("--llm-model-path", "A GGUF model for --llm local.")]
-MaxTokens = Annotated[int, _option("--max-tokens", "Longest answer, in tokens.", min=1)]
-SystemPrompt = Annotated[str | None, _option("--system-prompt", "Replace the system prompt.")]
+Tts = Annotated[
+    str, _option("--tts", "piper (embedded), fish, or tone (synthetic).", BACK_ENDS, "TTS")
+]
+Memory = Annotated[
+    str, _option("--memory", "memory[:N], sqlite:PATH or postgres://...", BACK_ENDS, "WHERE")
+]
 OpenaiBaseUrl = Annotated[
     str | None,
-    _option("--openai-base-url", "OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1."),
+    _option("--openai-base-url", "OpenAI-compatible server (--llm openai).", BACK_ENDS, "URL"),
 ]
-OpenaiModel = Annotated[str, _option("--openai-model", "Model name for --llm openai.")]
-Memory = Annotated[
-    str, _option("--memory", "Conversation memory: memory, sqlite:PATH or postgres://...")
+OpenaiModel = Annotated[str, _option("--openai-model", "Its model name.", BACK_ENDS, "NAME")]
+LlmModelPath = Annotated[
+    Path | None, _option("--llm-model-path", "Another GGUF model (--llm local).", LOCAL, "PATH")
 ]
-Tts = Annotated[str, _option("--tts", "TTS engine: piper (embedded), fish or tone (synthetic).")]
-PiperModel = Annotated[Path | None, _option("--piper-model", "Another Piper .onnx voice.")]
+MaxTokens = Annotated[
+    int, _option("--max-tokens", "Longest answer of the local model.", LOCAL, "N", minimum=1)
+]
+SystemPrompt = Annotated[
+    str | None, _option("--system-prompt", "Replace the system prompt.", LOCAL, "TEXT")
+]
+PiperModel = Annotated[
+    Path | None, _option("--piper-model", "Another Piper .onnx voice.", LOCAL, "PATH")
+]
 SpeakingRate = Annotated[
-    float, _option("--speaking-rate", "Piper speaking rate (1.0 normal, 1.2 faster).")
+    float,
+    _option("--speaking-rate", "Piper's speed: 1.0 normal, 1.2 faster.", LOCAL, "X", minimum=0.1),
 ]
-ToneLatency = Annotated[float, _option("--tone-latency-ms", "Simulated tone TTS delay per unit.")]
-ToneRtf = Annotated[float, _option("--tone-rtf", "Simulated tone TTS time per second of audio.")]
 FishUrl = Annotated[
     list[str],
-    _option("--fish-url", "Fish Speech API server; repeat for several workers (least busy first)."),
+    _option("--fish-url", "Fish Speech API server; repeat for several.", FISH, "URL"),
 ]
-FishApiKey = Annotated[str | None, _option("--fish-api-key", "Fish Speech --api-key.")]
-FishReferenceId = Annotated[str | None, _option("--fish-reference-id", "A saved Fish voice.")]
+FishApiKey = Annotated[str | None, _option("--fish-api-key", "Its --api-key.", FISH, "KEY")]
+FishReferenceId = Annotated[
+    str | None, _option("--fish-reference-id", "A saved Fish voice.", FISH, "ID")
+]
 FishStreaming = Annotated[
     bool,
-    _option("--fish-streaming/--no-fish-streaming", "Ask Fish Speech to stream each unit."),
+    _option("--fish-streaming/--no-fish-streaming", "Stream each unit's audio.", FISH),
 ]
-LogLevel = Annotated[str, _option("--log-level", "debug, info, warning or error.")]
+ToneLatency = Annotated[
+    float, _option("--tone-latency-ms", "Tone voice: delay per unit.", TUNING, "MS", minimum=0.0)
+]
+ToneRtf = Annotated[
+    float, _option("--tone-rtf", "Tone voice: time per audio second.", TUNING, "X", minimum=0.0)
+]
+LogLevel = Annotated[str, _option("--log-level", "debug, info, warning or error.", SERVER, "LEVEL")]
 
 DEFAULTS = BackendOptions()
-LIMITS = ServerConfig()
+SERVER_DEFAULTS = ServerConfig()
 PIPELINE = PipelineSettings()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"voicechat {version('voicechat')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Speak an LLM's answer while the LLM is still writing it."""
 
 
 def _setup_logging(level: str) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
-        raise typer.BadParameter(f"unknown log level {level!r}", param_hint="--log-level")
+        raise typer.BadParameter(
+            f"{level!r} is not a log level: debug, info, warning or error", param_hint="--log-level"
+        )
     logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The library logs every connection at INFO; our sessions already do, once.
     logging.getLogger("websockets").setLevel(max(numeric, logging.WARNING))
@@ -122,6 +219,9 @@ def _backend_options(flags: dict[str, Any]) -> BackendOptions:
 @asynccontextmanager
 async def running_server(options: BackendOptions, config: ServerConfig) -> Any:
     """Load the back ends (before accepting anyone), serve, and release everything after."""
+    from voicechat.config import open_backends
+    from voicechat.server import VoiceChatServer
+
     async with AsyncExitStack() as stack:
         backends = await open_backends(options, stack)
         server = VoiceChatServer(backends.chat, backends.tts, config, backends.workers)
@@ -135,6 +235,11 @@ async def running_server(options: BackendOptions, config: ServerConfig) -> Any:
 def _run(main: Any) -> int:
     """Run a coroutine; configuration errors become one line and exit code 2, an embedded
     engine that cannot start (or crashes in its self-check) one line and exit code 4."""
+    import asyncio
+
+    from voicechat.config import ConfigError
+    from voicechat.workers import WorkerStartError
+
     try:
         return int(asyncio.run(main) or 0)
     except ConfigError as exc:
@@ -145,86 +250,102 @@ def _run(main: Any) -> int:
         return EXIT_ENGINE
 
 
-@app.command()
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    typer.echo(f"voicechat: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command(epilog=ENV_NOTE)
 def serve(
-    host: Annotated[str, _option("--host", "Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, _option("--port", "Port to bind.")] = 8765,
+    host: Annotated[str, _option("--host", "Address to bind.", SERVER, "HOST")] = "127.0.0.1",
+    port: Annotated[int, _option("--port", "Port to bind.", SERVER, "PORT")] = 8765,
+    log_level: LogLevel = "info",
     llm: Llm = DEFAULTS.llm,
+    tts: Tts = DEFAULTS.tts,
+    memory: Memory = DEFAULTS.memory,
+    openai_base_url: OpenaiBaseUrl = None,
+    openai_model: OpenaiModel = DEFAULTS.openai_model,
     llm_model_path: LlmModelPath = None,
     max_tokens: MaxTokens = DEFAULTS.max_tokens,
     system_prompt: SystemPrompt = None,
-    openai_base_url: OpenaiBaseUrl = None,
-    openai_model: OpenaiModel = DEFAULTS.openai_model,
-    memory: Memory = DEFAULTS.memory,
-    tts: Tts = DEFAULTS.tts,
     piper_model: PiperModel = None,
     speaking_rate: SpeakingRate = DEFAULTS.speaking_rate,
-    tone_latency_ms: ToneLatency = 0.0,
-    tone_rtf: ToneRtf = 0.0,
     fish_url: FishUrl = list(DEFAULTS.fish_url),  # noqa: B006
     fish_api_key: FishApiKey = None,
     fish_reference_id: FishReferenceId = None,
     fish_streaming: FishStreaming = True,
-    tts_concurrency: Annotated[
-        int, _option("--tts-concurrency", "TTS requests in flight per answer.", min=1, max=16)
-    ] = 2,
-    max_text_chars: Annotated[
-        int, _option("--max-text-chars", "Longest user.message text.", min=1)
-    ] = 4000,
-    max_frame_bytes: Annotated[
-        int,
-        _option(
-            "--max-frame-bytes", "Largest incoming frame (bytes); over it: close 1009.", min=1024
-        ),
-    ] = LIMITS.max_frame_bytes,
-    max_connections: Annotated[
-        int, _option("--max-connections", "Open connections; over it: HTTP 503.", min=1)
-    ] = LIMITS.max_connections,
-    max_handshakes: Annotated[
-        int,
-        _option("--max-handshakes", "Connections still in the handshake; past it: drop.", min=1),
-    ] = LIMITS.max_handshakes,
-    handshake_timeout: Annotated[
-        float, _option("--handshake-timeout", "Seconds to finish the handshake.", min=0.1)
-    ] = LIMITS.handshake_timeout_s,
-    messages_per_minute: Annotated[
-        int, _option("--messages-per-minute", "Per connection (bursts of 20).", min=1)
-    ] = LIMITS.messages_per_minute,
-    idle_timeout: Annotated[
-        float, _option("--idle-timeout", "Seconds without a message or an answer: close.", min=1)
-    ] = LIMITS.idle_timeout_s,
-    ping_interval: Annotated[
-        float, _option("--ping-interval", "Keepalive ping every N s; no pong in N s: drop.", min=1)
-    ] = 20.0,
-    slow_client_timeout: Annotated[
-        float,
-        _option("--slow-client-timeout", "Seconds a client may leave its queue full.", min=0.1),
-    ] = LIMITS.slow_client_timeout_s,
-    max_answer_tokens: Annotated[
-        int, _option("--max-answer-tokens", "Longest answer in LLM tokens, any back end.", min=1)
-    ] = PIPELINE.max_answer_tokens,
-    max_answer_audio: Annotated[
-        float, _option("--max-answer-audio", "Longest answer in seconds of audio.", min=1)
-    ] = PIPELINE.max_answer_audio_s,
     token: Token = None,
     allow_origin: Annotated[
         list[str],
-        _option("--allow-origin", "A browser origin allowed to connect; repeat for several."),
+        _option("--allow-origin", "A browser origin allowed in; repeatable.", SECURITY, "ORIGIN"),
     ] = [],  # noqa: B006
     insecure: Annotated[
-        bool,
-        typer.Option("--insecure", help="Allow a non-loopback --host without a --token."),
+        bool, _flag("--insecure", "Allow a non-loopback --host without --token.", SECURITY)
     ] = False,
-    log_level: LogLevel = "info",
+    max_connections: Annotated[
+        int, _option("--max-connections", "Open connections (then 503).", LIMITS, "N", minimum=1)
+    ] = SERVER_DEFAULTS.max_connections,
+    max_text_chars: Annotated[
+        int, _option("--max-text-chars", "Longest message, characters.", LIMITS, "N", minimum=1)
+    ] = SERVER_DEFAULTS.max_text_chars,
+    messages_per_minute: Annotated[
+        int,
+        _option("--messages-per-minute", "Per connection; bursts of 20.", LIMITS, "N", minimum=1),
+    ] = SERVER_DEFAULTS.messages_per_minute,
+    idle_timeout: Annotated[
+        float,
+        _option("--idle-timeout", "Seconds of silence, then close.", LIMITS, "S", minimum=1.0),
+    ] = SERVER_DEFAULTS.idle_timeout_s,
+    max_answer_tokens: Annotated[
+        int, _option("--max-answer-tokens", "Longest answer, any LLM.", LIMITS, "N", minimum=1)
+    ] = PIPELINE.max_answer_tokens,
+    max_answer_audio: Annotated[
+        float,
+        _option(
+            "--max-answer-audio", "Longest answer, seconds of audio.", LIMITS, "S", minimum=1.0
+        ),
+    ] = PIPELINE.max_answer_audio_s,
+    tts_concurrency: Annotated[
+        int,
+        _option(
+            "--tts-concurrency",
+            "TTS requests per answer (1-16).",
+            TUNING,
+            "N",
+            minimum=1,
+            maximum=16,
+        ),
+    ] = PIPELINE.tts_concurrency,
+    max_frame_bytes: Annotated[
+        int,
+        _option("--max-frame-bytes", "Largest frame in (then 1009).", TUNING, "N", minimum=1024),
+    ] = SERVER_DEFAULTS.max_frame_bytes,
+    max_handshakes: Annotated[
+        int, _option("--max-handshakes", "Handshakes in progress.", TUNING, "N", minimum=1)
+    ] = SERVER_DEFAULTS.max_handshakes,
+    handshake_timeout: Annotated[
+        float,
+        _option("--handshake-timeout", "Seconds to finish one.", TUNING, "S", minimum=0.1),
+    ] = SERVER_DEFAULTS.handshake_timeout_s,
+    ping_interval: Annotated[
+        float,
+        _option("--ping-interval", "Keepalive ping; no pong: drop.", TUNING, "S", minimum=1.0),
+    ] = 20.0,
+    slow_client_timeout: Annotated[
+        float,
+        _option(
+            "--slow-client-timeout", "A full queue this long: close.", TUNING, "S", minimum=0.1
+        ),
+    ] = SERVER_DEFAULTS.slow_client_timeout_s,
+    tone_latency_ms: ToneLatency = 0.0,
+    tone_rtf: ToneRtf = 0.0,
 ) -> None:
-    """Run the voicechat WebSocket server (WS /v1/chat/stream, GET /healthz)."""
+    """Run the server: WS /v1/chat/stream, GET /healthz."""
     _setup_logging(log_level)
     if problem := exposure_problem(host, token, insecure):
-        typer.echo(f"voicechat: {problem}", err=True)
-        raise typer.Exit(EXIT_USAGE)
+        raise _fail(problem)
     if token and (len(token) < 16 or not token.isascii() or not token.isprintable()):
-        typer.echo("voicechat: --token needs 16 or more printable ASCII characters", err=True)
-        raise typer.Exit(EXIT_USAGE)
+        raise _fail("--token needs 16 or more printable ASCII characters")
     options = _backend_options(locals())
     config = ServerConfig(
         host=host,
@@ -252,12 +373,15 @@ def serve(
     try:
         code = _run(_serve_until_signal(options, config))
     except OSError as exc:
-        typer.echo(f"voicechat: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
-        code = 1
+        reason = exc.strerror or str(exc)
+        hint = " (another voicechat serve? try --port 8766)" if exc.errno == 98 else ""
+        raise _fail(f"cannot listen on {host}:{port}: {reason}{hint}", 1) from None
     raise typer.Exit(code)
 
 
 async def _serve_until_signal(options: BackendOptions, config: ServerConfig) -> None:
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -279,57 +403,60 @@ async def _serve_until_signal(options: BackendOptions, config: ServerConfig) -> 
     log.info("stopped")
 
 
-@app.command("ask")
+@app.command("ask", epilog=ENV_NOTE)
 def ask_command(
     text: Annotated[
-        str | None, typer.Argument(help="The message; '-' reads it from standard input.")
+        str | None,
+        typer.Argument(help="The message; '-' reads it from standard input.", metavar="TEXT"),
     ] = None,
-    server: Annotated[str, _option("--server", "Server WebSocket URL.")] = DEFAULT_SERVER_URL,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write the answer's audio to this WAV file.")
+        Path | None,
+        _option("--out", "Write the answer's audio to a WAV file.", OUTPUT, "WAV", env=False),
     ] = None,
     json_lines: Annotated[
-        bool, typer.Option("--json", help="Print every server message as one JSON line.")
+        bool, _flag("--json", "Print every server message as a JSON line.", OUTPUT)
     ] = False,
-    play: Annotated[
-        bool, typer.Option("--play", help="Play the answer on the speakers as it arrives.")
+    play: Annotated[bool, _flag("--play", "Play the answer as it arrives.", OUTPUT)] = False,
+    server: Annotated[
+        str, _option("--server", "The server's WebSocket URL.", CONNECTION, "URL")
+    ] = DEFAULT_SERVER_URL,
+    token: ClientToken = None,
+    embedded: Annotated[
+        bool,
+        _flag("--embedded", "Run a private server with the back ends below.", CONNECTION),
     ] = False,
     device: Device = None,
     list_devices: ListDevices = False,
-    token: Token = None,
-    embedded: Annotated[
-        bool,
-        typer.Option(
-            "--embedded",
-            help="Start a private server in this process with the back-end options below "
-            "instead of connecting to --server.",
-        ),
-    ] = False,
     llm: Llm = DEFAULTS.llm,
+    tts: Tts = DEFAULTS.tts,
+    memory: Memory = DEFAULTS.memory,
+    openai_base_url: OpenaiBaseUrl = None,
+    openai_model: OpenaiModel = DEFAULTS.openai_model,
     llm_model_path: LlmModelPath = None,
     max_tokens: MaxTokens = DEFAULTS.max_tokens,
     system_prompt: SystemPrompt = None,
-    openai_base_url: OpenaiBaseUrl = None,
-    openai_model: OpenaiModel = DEFAULTS.openai_model,
-    memory: Memory = DEFAULTS.memory,
-    tts: Tts = DEFAULTS.tts,
     piper_model: PiperModel = None,
     speaking_rate: SpeakingRate = DEFAULTS.speaking_rate,
-    tone_latency_ms: ToneLatency = 0.0,
-    tone_rtf: ToneRtf = 0.0,
     fish_url: FishUrl = list(DEFAULTS.fish_url),  # noqa: B006
     fish_api_key: FishApiKey = None,
     fish_reference_id: FishReferenceId = None,
     fish_streaming: FishStreaming = True,
+    tone_latency_ms: ToneLatency = 0.0,
+    tone_rtf: ToneRtf = 0.0,
 ) -> None:
-    """Ask one question: text to stdout, audio to --out. Exit 0 ok, 1 failed, 3 unreachable."""
+    """Ask one question: text to stdout, audio to --out or the speakers.
+
+    Exit codes: 0 answered, 1 failed, 2 usage, 3 unreachable, 4 engine failed.
+    """
     if list_devices:
         _print_devices()
     if text == "-":
         text = sys.stdin.read()
     if not text or not text.strip():
-        typer.echo("voicechat: the message is empty", err=True)
-        raise typer.Exit(EXIT_USAGE)
+        raise _fail("the message is empty: `voicechat ask \"Hello\"`, or '-' to read stdin")
+    from voicechat.audio.player import AudioUnavailable
+    from voicechat.client.ask import ask
+
     options = _backend_options(locals())
 
     async def run(player: AudioPlayer | None) -> int:
@@ -347,48 +474,43 @@ def ask_command(
             player = stack.enter_context(_open_player(device)) if play else None
             code = _run(run(player))
     except AudioUnavailable as exc:
-        typer.echo(f"voicechat: {exc} (see --list-devices)", err=True)
-        code = EXIT_USAGE
+        raise _fail(f"{exc}; see `voicechat ask --list-devices` and `voicechat doctor`") from None
     except KeyboardInterrupt:
         code = 130
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(epilog=ENV_NOTE)
 def talk(
     server: Annotated[
         str | None,
-        _option("--server", "Connect to this server instead of starting an embedded one."),
+        _option("--server", "Use this server instead of an embedded one.", CONNECTION, "URL"),
     ] = None,
+    token: ClientToken = None,
     device: Device = None,
     list_devices: ListDevices = False,
-    token: Token = None,
     llm: Llm = DEFAULTS.llm,
+    tts: Tts = DEFAULTS.tts,
+    memory: Memory = DEFAULTS.memory,
+    openai_base_url: OpenaiBaseUrl = None,
+    openai_model: OpenaiModel = DEFAULTS.openai_model,
     llm_model_path: LlmModelPath = None,
     max_tokens: MaxTokens = DEFAULTS.max_tokens,
     system_prompt: SystemPrompt = None,
-    openai_base_url: OpenaiBaseUrl = None,
-    openai_model: OpenaiModel = DEFAULTS.openai_model,
-    memory: Memory = DEFAULTS.memory,
-    tts: Tts = DEFAULTS.tts,
     piper_model: PiperModel = None,
     speaking_rate: SpeakingRate = DEFAULTS.speaking_rate,
-    tone_latency_ms: ToneLatency = 0.0,
-    tone_rtf: ToneRtf = 0.0,
     fish_url: FishUrl = list(DEFAULTS.fish_url),  # noqa: B006
     fish_api_key: FishApiKey = None,
     fish_reference_id: FishReferenceId = None,
     fish_streaming: FishStreaming = True,
+    tone_latency_ms: ToneLatency = 0.0,
+    tone_rtf: ToneRtf = 0.0,
 ) -> None:
-    """Chat and hear the answers: Enter sends, Esc stops speaking, Ctrl+T mutes, Ctrl+Q quits.
+    """Chat and hear the answers: Enter sends, Esc stops, Ctrl+T mutes, Ctrl+Q quits.
 
-    Without --server, an embedded server with the back-end options below runs inside this
-    process on a free loopback port, and stops when you quit.
+    Without --server, an embedded server with the back ends below runs in this process on a
+    free loopback port and stops when you quit.
     """
-    from textual.logging import TextualHandler
-
-    from voicechat.tui.app import VoiceChatApp
-
     if list_devices:
         _print_devices()
     options = _backend_options(locals())
@@ -405,10 +527,51 @@ def talk(
         return 0
 
     def _app(url: str) -> VoiceChatApp:
+        from textual.logging import TextualHandler
+
+        from voicechat.tui.app import VoiceChatApp
+
         logging.basicConfig(level=logging.WARNING, handlers=[TextualHandler()], force=True)
         return VoiceChatApp(url, device=_parse_device(device), token=token)
 
     raise typer.Exit(_run(run()))
+
+
+@app.command()
+def doctor(
+    server: Annotated[
+        str | None, _option("--server", "Also check this server.", CONNECTION, "URL")
+    ] = None,
+    token: ClientToken = None,
+    port: Annotated[int, _option("--port", "The port `serve` would use.", SERVER, "PORT")] = 8765,
+    llm_model_path: LlmModelPath = None,
+    piper_model: PiperModel = None,
+    json_output: Annotated[bool, _flag("--json", "One JSON object, for scripts.", OUTPUT)] = False,
+) -> None:
+    """Check what works on this machine: one line each, OK, WARN or FAIL with the fix.
+
+    Exit 0 when everything the defaults need works, 1 otherwise.
+    """
+    from voicechat import doctor as checks
+
+    results = checks.run_checks(
+        llm_model_path=llm_model_path,
+        piper_model=piper_model,
+        port=port,
+        server=server,
+        token=token,
+    )
+    if json_output:
+        typer.echo(checks.as_json(results))
+    else:
+        typer.echo(checks.render(results, width=_terminal_width()))
+    raise typer.Exit(checks.exit_code(results))
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return min(shutil.get_terminal_size((80, 24)).columns, 120)
 
 
 def _parse_device(device: str | None) -> int | str | None:
@@ -419,25 +582,34 @@ def _parse_device(device: str | None) -> int | str | None:
 
 
 def _open_player(device: str | None) -> AudioPlayer:
+    from voicechat.audio.player import AudioPlayer
+
     return AudioPlayer(_parse_device(device))
 
 
 def _print_devices() -> None:
     """--list-devices: print the output devices and exit."""
+    from voicechat.audio.player import list_output_devices
+
     try:
         devices = list_output_devices()
     except OSError as exc:
-        typer.echo(f"voicechat: PortAudio is not available ({exc})", err=True)
-        raise typer.Exit(1) from None
+        raise _fail(
+            f"PortAudio is not installed, so there is no audio ({exc}); "
+            "install it with `apt-get install libportaudio2`",
+            1,
+        ) from None
     for dev in devices:
         mark = "*" if dev["default"] else " "
         typer.echo(
             f"{mark} {dev['index']:>3}  {dev['name']}  ({dev['hostapi']}, "
             f"{dev['channels']} ch, {dev['sample_rate']} Hz)"
         )
+    if not devices:
+        typer.echo("  (no audio output device found; `voicechat doctor` says why)")
     typer.echo("  null  (no sound: a silent output paced like a sound card)")
     raise typer.Exit(0)
 
 
 def main() -> None:
-    app()
+    app(prog_name="voicechat")

@@ -7,11 +7,11 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from voicechat.llm import ChatBackend, LLMConfigError, LLMSettings, build_backend, local_model_path
 from voicechat.llm.local import llm_worker
 from voicechat.llm.memory import MemoryConfigError, open_checkpointer
+from voicechat.settings import BackendOptions
 from voicechat.tts.base import TTSEngine
 from voicechat.tts.fish import FishSpeechTTS
 from voicechat.tts.tone import ToneTTS
@@ -25,27 +25,6 @@ TTS_CHOICES = ("piper", "fish", "tone")
 
 class ConfigError(ValueError):
     """Settings that cannot work together; the message is shown to the user as is."""
-
-
-@dataclass(frozen=True)
-class BackendOptions:
-    llm: str = "local"
-    llm_model_path: Path | None = None
-    max_tokens: int = 256
-    system_prompt: str | None = None
-    openai_base_url: str | None = None
-    openai_model: str = "gpt-4o-mini"
-    memory: str = "memory"
-    tts: str = "piper"
-    piper_model: Path | None = None
-    speaking_rate: float = 1.0
-    tone_latency_ms: float = 0.0
-    tone_rtf: float = 0.0
-    fish_url: tuple[str, ...] = ("http://127.0.0.1:8080",)
-    fish_api_key: str | None = None
-    fish_reference_id: str | None = None
-    fish_streaming: bool = True
-    fish_timeout_s: float = 30.0
 
 
 def build_tts(options: BackendOptions) -> TTSEngine:
@@ -74,7 +53,7 @@ def _voice_workers(options: BackendOptions) -> dict[str, Worker]:
     except VoiceNotFound as exc:
         raise ConfigError(str(exc)) from None
     if not path.is_file():
-        raise ConfigError(f"no Piper voice at {path}")
+        raise ConfigError(f"no Piper voice file at {path}: check --piper-model")
     piper = Worker(
         "piper",
         {"model_path": str(path), "length_scale": 1 / options.speaking_rate},

@@ -24,6 +24,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from voicechat import protocol
 from voicechat.audio.wav import encode_wav
 from voicechat.segmenter import Segmenter
+from voicechat.settings import PipelineSettings
 from voicechat.speech_text import SpeechTextFilter
 from voicechat.tts.base import Pcm, TTSEngine, TTSError
 
@@ -40,20 +41,6 @@ PURE_STAGE_SLICE = 2048
 
 class ClientGone(Exception):
     """Raised by `emit` when the client can take no more frames; ends the answer quietly."""
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    tts_concurrency: int = 2
-    max_chunk_ms: int = 1000  # one audio.chunk carries at most this much audio
-    # The longest answer: text deltas from the LLM (about one token each) and seconds of audio.
-    # Past either, generation stops and response.done says `"truncated": "max_tokens"|"max_audio"`.
-    max_answer_tokens: int = 4000
-    max_answer_audio_s: float = 600.0
-    # Benchmarks: called with (event, perf_counter time, details) at each step of an answer:
-    # "start" (the message arrived), "delta", "unit" (cut), "tts_start", "tts_end", "audio"
-    # (a chunk queued for the client).
-    trace: Callable[[str, float, dict[str, Any]], None] | None = None
 
 
 @dataclass

@@ -20,7 +20,6 @@ import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
 from functools import partial
 from http import HTTPStatus
 from typing import Any
@@ -40,8 +39,8 @@ from voicechat.pipeline import (
     Answer,
     ClientGone,
     Emit,
-    PipelineSettings,
 )
+from voicechat.settings import ServerConfig
 from voicechat.tts.base import TTSEngine
 from voicechat.workers import Worker
 
@@ -52,48 +51,6 @@ CLOSE_WAIT_S = 5.0  # how long a close may wait for a client that is not reading
 # (16), SQLite, logs, the listening socket. Added to the caps when sizing the open-file limit.
 FD_RESERVE = 128
 CAP_NOTICE_INTERVAL_S = 60.0  # a cap that keeps refusing logs one line per this interval
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Every limit the server enforces; docs/security.md explains each default."""
-
-    host: str = "127.0.0.1"
-    port: int = 8765
-    max_text_chars: int = 4000  # one user.message; over it: error too_large
-    max_frame_bytes: int = 256 * 1024  # one incoming frame; over it: close 1009
-    max_connections: int = 500  # open sessions; over it the handshake gets HTTP 503
-    # TCP connections not yet a session (HTTP request unread or being answered, /healthz
-    # included). Past it the oldest one that has not sent its request yet is dropped, so idle
-    # sockets can neither use up file descriptors nor keep prompt clients out. As many as
-    # sessions: every client reconnecting at once (after a restart) still fits.
-    max_handshakes: int = 500
-    handshake_timeout_s: float = 10.0  # TCP accepted, no completed handshake after it: dropped
-    messages_per_minute: int = 120  # per connection, with bursts of `message_burst`
-    message_burst: int = 20
-    idle_timeout_s: float = 600.0  # no message and no answer for this long: close 1000
-    ping_interval_s: float | None = 20.0  # keepalive pings (the websockets library's own)
-    ping_timeout_s: float | None = 20.0  # no pong in time: the connection is dropped
-    slow_client_timeout_s: float = 15.0  # outbound queue full this long: close 1008
-    outbound_frames: int = 64  # frames queued per connection before the answer waits
-    shutdown_grace_s: float = 5.0  # time to flush the last frames to each client on shutdown
-    token: str | None = None  # when set, every client must present it
-    allow_origins: tuple[str, ...] = ()  # browser origins allowed; clients without Origin always
-    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def exposure_problem(host: str, token: str | None, insecure: bool) -> str | None:
-    """Why serving on `host` as configured would be unsafe, or None."""
-    if is_loopback(host) or token or insecure:
-        return None
-    return (
-        f"refusing to listen on {host} without a token: anyone who can reach it could use "
-        "your LLM and TTS. Set --token (or VOICECHAT_TOKEN), or say --insecure"
-    )
 
 
 def presented_token(headers: Headers) -> str | None:

@@ -267,7 +267,7 @@ class DeviceOutput:
             )
         except (sd.PortAudioError, ValueError) as exc:
             raise AudioUnavailable(
-                f"cannot open audio output {device or 'default'}: {exc}"
+                f"the audio output {device or '(default)'} cannot be opened (PortAudio: {exc})"
             ) from None
         self.latency_s = float(self._stream.latency)
         queue.output_latency_s = self.latency_s
@@ -287,12 +287,14 @@ def output_sample_rate(device: int | str | None) -> int:
     try:
         import sounddevice as sd
     except OSError as exc:  # libportaudio2 missing
-        raise AudioUnavailable(f"PortAudio is not installed ({exc})") from None
+        raise AudioUnavailable(
+            f"PortAudio is not installed: `apt-get install libportaudio2` ({exc})"
+        ) from None
     try:
         info = sd.query_devices(device, "output")
     except (sd.PortAudioError, ValueError) as exc:
-        what = "no audio output device" if device is None else f"no audio output device {device!r}"
-        raise AudioUnavailable(f"{what} ({exc})") from None
+        what = "no audio output device found" if device is None else f"no audio output {device!r}"
+        raise AudioUnavailable(f"{what} (PortAudio: {exc})") from None
     return int(info["default_samplerate"])
 
 

@@ -17,11 +17,7 @@ import numpy as np
 from voicechat.audio.player import AudioPlayer
 from voicechat.audio.wav import decode_wav, encode_wav, resample
 from voicechat.client.connection import ChatConnection, ConnectionLost, ServerUnavailable
-
-EXIT_OK = 0
-EXIT_ANSWER_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+from voicechat.settings import EXIT_ANSWER_FAILED, EXIT_OK, EXIT_UNREACHABLE
 
 
 class AudioCollector:

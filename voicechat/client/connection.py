@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-DEFAULT_SERVER_URL = "ws://127.0.0.1:8765/v1/chat/stream"
+from voicechat.settings import DEFAULT_SERVER_URL
 
 
 class ServerUnavailable(Exception):
@@ -113,8 +114,22 @@ def _closed(exc: ConnectionClosed) -> str:
 
 
 def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in the user's words; the library's text only when unknown."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is `voicechat serve` running?)"
     if isinstance(exc, TimeoutError):
-        return "timed out"
+        return "timed out (is the address right? is a firewall in the way?)"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host name"
+    if isinstance(exc, InvalidURI):
+        return "not a WebSocket URL; it looks like ws://127.0.0.1:8765/v1/chat/stream"
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status == 503:
+            return "the server is full (HTTP 503); try again later"
+        if status == 404:
+            return "no voicechat server at that path (HTTP 404); the path is /v1/chat/stream"
+        if status in (401, 403):
+            return f"the server refused the token (HTTP {status}); check --token"
+        return f"the server answered HTTP {status} instead of a WebSocket"
     return str(exc) or type(exc).__name__

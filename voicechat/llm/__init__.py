@@ -98,7 +98,7 @@ def local_model_path(settings: LLMSettings) -> Path:
     except ModelNotFound as exc:
         raise LLMConfigError(str(exc)) from None
     if not path.is_file():
-        raise LLMConfigError(f"no GGUF model at {path}")
+        raise LLMConfigError(f"no GGUF model file at {path}: check --llm-model-path")
     return path
 
 

@@ -150,8 +150,10 @@ class VoiceChatApp(App[None]):
             self.player = AudioPlayer(self.device)
         except AudioUnavailable as exc:
             self.audio_note = "no audio device: text only"
-            hint = "see `voicechat talk --list-devices`"
-            self._notice(f"{str(exc).capitalize()}: text only ({hint}).")
+            self._notice(
+                f"{str(exc)[0].upper()}{str(exc)[1:]}. Answers are text only; "
+                "`voicechat doctor` says why, `voicechat talk --list-devices` lists outputs."
+            )
             self.player = AudioPlayer("null")
         self.player.__enter__()
 

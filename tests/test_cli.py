@@ -1,0 +1,130 @@
+"""The command line as a user meets it: help that fits 80 columns, --version, completion,
+usage errors with exit code 2. Each case runs the real `voicechat` script in a new process.
+
+The help snapshots live in tests/__snapshots__/cli_help/; after a deliberate change to the
+help, rewrite them with `VOICECHAT_UPDATE_SNAPSHOTS=1 python3 -m pytest tests/test_cli.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+SNAPSHOTS = Path(__file__).parent / "__snapshots__" / "cli_help"
+COMMANDS = ["", "serve", "ask", "talk", "doctor"]
+
+
+def voicechat(*args: str, columns: int = 80, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VOICECHAT_")},
+        "COLUMNS": str(columns),
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "voicechat", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_fits_the_terminal_and_matches_its_snapshot(command: str, columns: int) -> None:
+    result = voicechat(*([command] if command else []), "--help", columns=columns)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    # No type labels beside flags (Typer's `<bool>`), no envvar or range noise.
+    assert "<bool>" not in result.stdout
+    assert "env var" not in result.stdout
+    assert "x>=" not in result.stdout
+    snapshot = SNAPSHOTS / f"{command or 'voicechat'}-{columns}.txt"
+    if os.environ.get("VOICECHAT_UPDATE_SNAPSHOTS"):
+        snapshot.write_text(result.stdout)
+    assert result.stdout == snapshot.read_text(), f"help changed; see {snapshot}"
+
+
+def test_serve_help_groups_its_options_into_panels() -> None:
+    out = voicechat("serve", "--help").stdout
+    panels = ["Server", "Back ends", "Local models", "Fish Speech", "Security", "Limits"]
+    positions = [out.index(f"─ {panel} ") for panel in [*panels, "Tuning"]]
+    assert positions == sorted(positions)
+    # One line an option at 80 columns for most of them: 45 options in under 90 lines.
+    assert len(out.splitlines()) < 90
+
+
+def test_version() -> None:
+    result = voicechat("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"voicechat {version('voicechat')}"
+
+
+@pytest.mark.parametrize(
+    ("shell", "marker"),
+    [
+        ("bash", "complete -o default -F"),
+        ("zsh", "#compdef voicechat"),
+        ("fish", "complete --command voicechat"),
+    ],
+)
+def test_completion_script_is_generated(shell: str, marker: str) -> None:
+    """What `--install-completion` writes for that shell (Typer asks the same variable)."""
+    result = voicechat(_VOICECHAT_COMPLETE=f"source_{shell}")
+    assert result.returncode == 0, result.stderr
+    assert marker in result.stdout
+    assert "_VOICECHAT_COMPLETE" in result.stdout
+
+
+def test_completion_lists_the_commands() -> None:
+    result = voicechat(_VOICECHAT_COMPLETE="complete_bash", COMP_WORDS="voicechat ", COMP_CWORD="1")
+    assert set(result.stdout.split()) >= {"serve", "ask", "talk", "doctor"}
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["serve", "--max-tokens", "0"], "must be at least 1, not 0"),
+        (["serve", "--tts-concurrency", "17"], "must be between 1 and 16, not 17"),
+        (["serve", "--port", "x"], "'x' is not a valid integer"),
+        (["serve", "--no-such-flag"], "No such option"),
+        (["serve", "--log-level", "loud"], "not a log level"),
+        (["serve", "--host", "0.0.0.0"], "without a token"),
+        (["ask"], "the message is empty"),
+        (["ask", "   "], "the message is empty"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_clear_line(args: list[str], says: str) -> None:
+    result = voicechat(*args)
+    assert result.returncode == 2
+    assert says in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
+def test_an_environment_variable_sets_an_option() -> None:
+    result = voicechat("serve", VOICECHAT_MAX_TOKENS="0")
+    assert result.returncode == 2
+    assert "must be at least 1, not 0" in " ".join(result.stderr.split())
+
+
+def test_the_cli_imports_no_back_end_before_a_command_runs() -> None:
+    """What keeps --help fast (scripts/bench_cli.py measures the time itself)."""
+    probe = (
+        "import sys, voicechat.cli; "
+        "heavy = {'langgraph', 'langchain_core', 'websockets', 'numpy', 'sounddevice', "
+        "'textual', 'llama_cpp', 'httpx', 'asyncio'} & {m.split('.')[0] for m in sys.modules}; "
+        "print(sorted(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"

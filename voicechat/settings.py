@@ -1,0 +1,103 @@
+"""Every setting, default and exit code, in plain dataclasses that import nothing heavy.
+
+The command line reads its defaults from here without importing LangGraph, websockets or numpy,
+so `voicechat --help` and usage errors answer at once (scripts/bench_cli.py measures it). The
+modules that use these settings (config, pipeline, server) import them from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SERVER_URL = "ws://127.0.0.1:8765/v1/chat/stream"
+
+# Exit codes every command shares (docs/cli.md lists the messages that go with them).
+EXIT_OK = 0
+EXIT_ANSWER_FAILED = 1  # the answer failed or was cancelled; also: a runtime failure
+EXIT_USAGE = 2  # a wrong flag, value or combination; a file that is not what it should be
+EXIT_UNREACHABLE = 3  # the server cannot be reached or went away
+EXIT_ENGINE = 4  # an embedded engine failed to load or crashed in its start-up self-check
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Which LLM, voice and memory to run; shared by `serve`, `talk` and `ask --embedded`."""
+
+    llm: str = "local"
+    llm_model_path: Path | None = None
+    max_tokens: int = 256
+    system_prompt: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    memory: str = "memory"
+    tts: str = "piper"
+    piper_model: Path | None = None
+    speaking_rate: float = 1.0
+    tone_latency_ms: float = 0.0
+    tone_rtf: float = 0.0
+    fish_url: tuple[str, ...] = ("http://127.0.0.1:8080",)
+    fish_api_key: str | None = None
+    fish_reference_id: str | None = None
+    fish_streaming: bool = True
+    fish_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """How one answer runs through the pipeline."""
+
+    tts_concurrency: int = 2
+    max_chunk_ms: int = 1000  # one audio.chunk carries at most this much audio
+    # The longest answer: text deltas from the LLM (about one token each) and seconds of audio.
+    # Past either, generation stops and response.done says `"truncated": "max_tokens"|"max_audio"`.
+    max_answer_tokens: int = 4000
+    max_answer_audio_s: float = 600.0
+    # Benchmarks: called with (event, perf_counter time, details) at each step of an answer:
+    # "start" (the message arrived), "delta", "unit" (cut), "tts_start", "tts_end", "audio"
+    # (a chunk queued for the client).
+    trace: Callable[[str, float, dict[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every limit the server enforces; docs/security.md explains each default."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_text_chars: int = 4000  # one user.message; over it: error too_large
+    max_frame_bytes: int = 256 * 1024  # one incoming frame; over it: close 1009
+    max_connections: int = 500  # open sessions; over it the handshake gets HTTP 503
+    # TCP connections not yet a session (HTTP request unread or being answered, /healthz
+    # included). Past it the oldest one that has not sent its request yet is dropped, so idle
+    # sockets can neither use up file descriptors nor keep prompt clients out. As many as
+    # sessions: every client reconnecting at once (after a restart) still fits.
+    max_handshakes: int = 500
+    handshake_timeout_s: float = 10.0  # TCP accepted, no completed handshake after it: dropped
+    messages_per_minute: int = 120  # per connection, with bursts of `message_burst`
+    message_burst: int = 20
+    idle_timeout_s: float = 600.0  # no message and no answer for this long: close 1000
+    ping_interval_s: float | None = 20.0  # keepalive pings (the websockets library's own)
+    ping_timeout_s: float | None = 20.0  # no pong in time: the connection is dropped
+    slow_client_timeout_s: float = 15.0  # outbound queue full this long: close 1008
+    outbound_frames: int = 64  # frames queued per connection before the answer waits
+    shutdown_grace_s: float = 5.0  # time to flush the last frames to each client on shutdown
+    token: str | None = None  # when set, every client must present it
+    allow_origins: tuple[str, ...] = ()  # browser origins allowed; clients without Origin always
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def exposure_problem(host: str, token: str | None, insecure: bool) -> str | None:
+    """Why serving on `host` as configured would be unsafe, or None."""
+    if is_loopback(host) or token or insecure:
+        return None
+    return (
+        f"refusing to listen on {host} without a token: anyone who can reach it could use "
+        "your LLM and TTS. Set --token (or VOICECHAT_TOKEN), or say --insecure"
+    )
