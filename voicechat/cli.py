@@ -390,14 +390,9 @@ async def _serve_until_signal(options: BackendOptions, config: ServerConfig) -> 
         "loading back ends: llm=%s, tts=%s, memory=%s", options.llm, options.tts, options.memory
     )
     async with running_server(options, config) as server:
-        log.info(
-            "serving %s (llm=%s, tts=%s); health at http://%s:%d/healthz",
-            server.url,
-            server.backend.name,
-            server.tts.name,
-            config.host,
-            server.port,
-        )
+        log.info("serving %s (llm=%s, tts=%s)", server.url, server.backend.name, server.tts.name)
+        page = server.page_url
+        log.info("the web client: open %s in a browser; health at %shealthz", page, page)
         await stop.wait()
         log.info("shutting down: finishing %d answer(s) in flight", server.responses_in_flight())
     log.info("stopped")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.typing import Origin, Subprotocol
+from websockets.typing import Subprotocol
 
 from voicechat import protocol
 from voicechat.llm import ChatBackend
@@ -42,6 +43,7 @@ from voicechat.pipeline import (
 )
 from voicechat.settings import ServerConfig
 from voicechat.tts.base import TTSEngine
+from voicechat.web import load_static_files, security_headers
 from voicechat.workers import Worker
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,30 @@ def presented_token(headers: Headers) -> str | None:
             if offered.startswith(protocol.TOKEN_SUBPROTOCOL_PREFIX):
                 return offered[len(protocol.TOKEN_SUBPROTOCOL_PREFIX) :]
     return None
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+    """May a client that sent this Origin (and this Host) connect?
+
+    No Origin: not a browser, so not a cross-site request. A listed origin: yes. The page's own
+    origin (the scheme and the Host it was loaded from) too, so the page served at `/` works
+    without --allow-origin, but only when that Host is an IP address or `localhost`: a name
+    could be a DNS-rebinding attacker's (evil.example resolving to 127.0.0.1 makes its Origin
+    and Host agree), so a page opened by name needs that name in --allow-origin.
+    """
+    if origin is None or origin in allowed:
+        return True
+    if not host or origin not in (f"http://{host}", f"https://{host}"):
+        return False
+    hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    hostname = hostname.strip("[]").lower()
+    if hostname == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return True
 
 
 def token_matches(presented: str | None, expected: str) -> bool:
@@ -173,7 +199,8 @@ class VoiceChatServer:
         self.workers = dict(workers or {})  # the engines' worker processes, for /healthz
         self.sessions: set[Session] = set()
         # Counters for /healthz.
-        self.refused = {"full": 0, "auth": 0, "slow": 0, "idle": 0, "handshake": 0}
+        self.refused = {"full": 0, "auth": 0, "origin": 0, "slow": 0, "idle": 0, "handshake": 0}
+        self.static_files = load_static_files()  # the browser client, served at /
         # Accepted, not yet a session; oldest first (a dict keeps insertion order).
         self._handshaking: dict[ServerConnection, None] = {}
         # The caps in force: the configured ones, unless the open-file limit is lower (start()).
@@ -203,7 +230,18 @@ class VoiceChatServer:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}{protocol.CHAT_PATH}"
+        return f"ws://{self._url_host()}:{self.port}{protocol.CHAT_PATH}"
+
+    @property
+    def page_url(self) -> str:
+        """Where a browser opens the web client (a wildcard bind is shown as loopback)."""
+        return f"http://{self._url_host()}:{self.port}/"
+
+    def _url_host(self) -> str:
+        host = self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            return "127.0.0.1"
+        return f"[{host}]" if ":" in host else host
 
     def responses_in_flight(self) -> int:
         return sum(1 for session in self.sessions if session.answering)
@@ -277,8 +315,7 @@ class VoiceChatServer:
             compression=None,  # deflating Base64 audio costs much CPU for little gain
             ping_interval=self.config.ping_interval_s,
             ping_timeout=self.config.ping_timeout_s,
-            # Browsers send Origin; only listed ones may connect. Other clients send none.
-            origins=[None, *(Origin(origin) for origin in self.config.allow_origins)],
+            origins=None,  # checked in _route: listed origins and the page's own (origin_allowed)
             select_subprotocol=_select_subprotocol,
             server_header=None,
         )
@@ -313,6 +350,7 @@ class VoiceChatServer:
             "status": "ok" if ready else "degraded",
             "workers": workers,
             "sessions": len(self.sessions),
+            "max_connections": self.max_connections,
             "responses_in_flight": self.responses_in_flight(),
             "disconnected": dict(self.refused),
             "llm": self.backend.name,
@@ -329,6 +367,13 @@ class VoiceChatServer:
             )
             response.headers["Allow"] = "GET"
         elif path == protocol.CHAT_PATH:
+            origin = request.headers.get("Origin")
+            if not origin_allowed(origin, request.headers.get("Host"), self.config.allow_origins):
+                self.refused["origin"] += 1
+                return connection.respond(
+                    HTTPStatus.FORBIDDEN,
+                    f"origin {origin} is not allowed; serve with --allow-origin {origin}\n",
+                )
             if len(self.sessions) >= self.max_connections:
                 self.refused["full"] += 1
                 self._full_notice.refused(self.max_connections)
@@ -346,10 +391,37 @@ class VoiceChatServer:
             response = connection.respond(HTTPStatus.OK, json.dumps(self.health()) + "\n")
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json"
+        elif path in self.static_files:
+            response = self._static(connection, request, path, method)
         else:
             response = connection.respond(HTTPStatus.NOT_FOUND, f"no such path: {path}\n")
         if method == "HEAD":  # the headers a GET would get (Content-Length too), no body
             response.body = b""
+        return response
+
+    def _static(
+        self, connection: ServerConnection, request: Request, path: str, method: str
+    ) -> Response:
+        """A file of the browser client: GET or HEAD, revalidated by ETag on every load."""
+        if method not in ("GET", "HEAD"):
+            response = connection.respond(HTTPStatus.METHOD_NOT_ALLOWED, "GET and HEAD only\n")
+            response.headers["Allow"] = "GET, HEAD"
+            return response
+        file = self.static_files[path]
+        if request.headers.get("If-None-Match") == file.etag:
+            response = connection.respond(HTTPStatus.NOT_MODIFIED, "")
+            response.body = b""
+            del response.headers["Content-Length"]
+        else:
+            response = connection.respond(HTTPStatus.OK, "")
+            response.body = file.body
+            response.headers["Content-Length"] = str(len(file.body))
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = file.content_type
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["ETag"] = file.etag
+        for name, value in security_headers(request.headers.get("Host")).items():
+            response.headers[name] = value
         return response
 
     async def _handle_connection(self, connection: ServerConnection) -> None:

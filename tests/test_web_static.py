@@ -1,0 +1,137 @@
+"""The browser client's files as the server hands them out, and who may open the WebSocket.
+
+Raw HTTP on a real loopback server: paths go on the wire exactly as written (an HTTP library
+would normalise `..` before sending it).
+"""
+
+from __future__ import annotations
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from voicechat.server import origin_allowed
+from voicechat.web import STATIC_DIR
+
+from .conftest import running_server, scripted_backend
+from .test_protocol_edges import http_exchange, req
+
+SCRIPT = ["Hello."]
+
+
+async def test_the_page_is_served_at_the_root_with_a_strict_policy() -> None:
+    async with running_server(scripted_backend(SCRIPT)) as server:
+        status, headers, body = await http_exchange(server, req("GET", "/"))
+        assert status == 200
+        assert body == (STATIC_DIR / "index.html").read_bytes()
+        assert headers["content-type"] == "text/html; charset=utf-8"
+        assert headers["cache-control"] == "no-cache" and headers["etag"]
+        assert headers["x-content-type-options"] == "nosniff"
+        policy = headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "script-src 'self'" in policy
+        assert "frame-ancestors 'none'" in policy and "unsafe" not in policy
+        # The page may open a WebSocket to the host it came from, and nowhere else.
+        assert "connect-src 'self' ws://127.0.0.1 wss://127.0.0.1" in policy
+
+
+@pytest.mark.parametrize(
+    ("suffix", "content_type"),
+    [
+        (".html", "text/html; charset=utf-8"),
+        (".js", "text/javascript; charset=utf-8"),
+        (".css", "text/css; charset=utf-8"),
+    ],
+)
+async def test_every_shipped_file_has_its_content_type(suffix: str, content_type: str) -> None:
+    files = sorted(STATIC_DIR.glob(f"*{suffix}"))
+    assert files, f"the package ships no {suffix} file"
+    async with running_server(scripted_backend(SCRIPT)) as server:
+        for file in files:
+            status, headers, body = await http_exchange(server, req("GET", f"/{file.name}"))
+            assert (status, headers["content-type"]) == (200, content_type), file.name
+            assert body == file.read_bytes()
+            assert "content-security-policy" in headers
+
+
+async def test_an_unchanged_file_is_revalidated_with_304() -> None:
+    async with running_server(scripted_backend(SCRIPT)) as server:
+        _, headers, _ = await http_exchange(server, req("GET", "/"))
+        etag = headers["etag"]
+        status, again, body = await http_exchange(
+            server, req("GET", "/", f"If-None-Match: {etag}\r\n")
+        )
+        assert (status, body, again["etag"]) == (304, b"", etag)
+        status, _, body = await http_exchange(server, req("GET", "/", 'If-None-Match: "stale"\r\n'))
+        assert status == 200 and body
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../pyproject.toml",
+        "/..%2fpyproject.toml",
+        "/%2e%2e/%2e%2e/pyproject.toml",
+        "/%2E%2E%2F__init__.py",
+        "/static/../index.html",
+        "/./index.html",
+        "//index.html",
+        "/index.html/",
+        "/index.html%00",
+        "/__init__.py",  # beside the static folder, not in it
+        "/static/index.html",
+        "/etc/passwd",
+        "/%2fetc%2fpasswd",
+        "/....//....//etc/passwd",
+        "/.%2e/.%2e/etc/passwd",
+        "/index.html\\..\\..\\pyproject.toml",
+    ],
+)
+async def test_paths_outside_the_static_folder_are_404(path: str) -> None:
+    async with running_server(scripted_backend(SCRIPT)) as server:
+        status, _, body = await http_exchange(server, req("GET", path))
+        assert status == 404, path
+        assert b"[project]" not in body and b"root:" not in body
+
+
+async def test_the_page_answers_get_and_head_only() -> None:
+    async with running_server(scripted_backend(SCRIPT)) as server:
+        status, headers, body = await http_exchange(server, req("HEAD", "/"))
+        assert status == 200 and body == b"" and int(headers["content-length"]) > 0
+        status, headers, _ = await http_exchange(server, req("POST", "/", "Content-Length: 0\r\n"))
+        assert (status, headers.get("allow")) == (405, "GET, HEAD")
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed", "expected"),
+    [
+        (None, "127.0.0.1:8765", (), True),  # not a browser
+        ("http://127.0.0.1:8765", "127.0.0.1:8765", (), True),  # the page's own origin
+        ("http://localhost:8765", "localhost:8765", (), True),
+        ("http://[::1]:8765", "[::1]:8765", (), True),
+        ("https://10.0.0.5:8765", "10.0.0.5:8765", (), True),  # behind a TLS proxy
+        ("http://127.0.0.1:9999", "127.0.0.1:8765", (), False),  # another port: another origin
+        ("http://evil.example", "127.0.0.1:8765", (), False),
+        ("http://evil.example:8765", "evil.example:8765", (), False),  # DNS rebinding
+        ("http://mybox.lan:8765", "mybox.lan:8765", ("http://mybox.lan:8765",), True),
+        ("http://evil.example", "127.0.0.1:8765", ("http://good.example",), False),
+        ("null", "127.0.0.1:8765", (), False),  # a sandboxed or file: page
+        ("http://127.0.0.1:8765", None, (), False),
+    ],
+)
+def test_which_origins_may_connect(
+    origin: str | None, host: str | None, allowed: tuple[str, ...], expected: bool
+) -> None:
+    assert origin_allowed(origin, host, allowed) is expected
+
+
+async def test_the_page_origin_connects_and_a_foreign_one_gets_403() -> None:
+    async with running_server(scripted_backend(SCRIPT)) as server:
+        own = f"http://127.0.0.1:{server.port}"
+        async with connect(server.url, origin=own) as ws:  # type: ignore[arg-type]
+            assert "session.created" in str(await ws.recv())
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(server.url, origin="http://evil.example"):  # type: ignore[arg-type]
+                pass
+        assert refused.value.response.status_code == 403
+        assert b"--allow-origin http://evil.example" in refused.value.response.body
+        assert server.health()["disconnected"]["origin"] == 1
