@@ -7,10 +7,125 @@
 #
 # llama-cpp-python is compiled here, for a portable CPU baseline, never for this machine's CPU
 # (see build_portable_llama below and docs/architecture.md, "A portable build").
+#
+# Each step prints one line; its own output goes to a log file (one per step, in a fresh
+# ${TMPDIR:-/tmp}/voicechat-setup.XXXXXX folder). A step that runs long gets a heartbeat line with
+# the elapsed time every 30 s (VOICECHAT_SETUP_HEARTBEAT_S), so the llama.cpp build, which takes
+# minutes, does not look hung. With CI set (CI=true) there is no heartbeat. A step that fails
+# prints the end of its log, the log's path, and ends the script with the step's exit code.
+# Sourced with VOICECHAT_SETUP_LIB_ONLY=1, this file only defines its functions (for the tests).
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 say() { echo "setup: $*"; }
+
+# --- the step runner ---------------------------------------------------------------------------
+setup_log_dir=""        # made by the first step
+setup_step_count=0
+setup_heartbeat_pid=""  # the running step's heartbeat, if any
+setup_tty=""            # 1 when the heartbeat rewrites one terminal line (\r) instead of adding lines
+setup_idle_fd=""        # a pipe nobody writes to: `read -t` on it waits without a child process
+
+is_ci() { case "${CI:-}" in "" | 0 | false | False | FALSE) return 1 ;; *) return 0 ;; esac; }
+
+# "2m30s", "45s"
+format_elapsed() {  # VAR SECONDS
+  if [ "$2" -ge 60 ]; then printf -v "$1" '%dm%02ds' $(($2 / 60)) $(($2 % 60)); else printf -v "$1" '%ds' "$2"; fi
+}
+
+# One line per interval, in the background, for as long as a step runs. Builtins only: the
+# heartbeat never starts a process, so killing it leaves nothing behind (no sleep holding stdout).
+heartbeat() {  # NAME INTERVAL
+  local name=$1 interval=$2 started=$SECONDS parent=$$ elapsed line
+  while :; do
+    read -r -t "$interval" -u "$setup_idle_fd" _ || true
+    kill -0 "$parent" 2>/dev/null || exit 0  # the script is gone (SIGKILL): so is its heartbeat
+    format_elapsed elapsed $((SECONDS - started))
+    line="setup:   still $name… $elapsed"
+    if [ -n "$setup_tty" ]; then printf '\r%s\033[K' "$line"; else printf '%s\n' "$line"; fi
+  done
+}
+
+start_heartbeat() {  # NAME
+  local interval=${VOICECHAT_SETUP_HEARTBEAT_S:-30}
+  # A positive number of seconds, or the default: 0 would print as fast as the shell can.
+  [[ $interval =~ ^[0-9]*\.?[0-9]+$ && $interval =~ [1-9] ]] || interval=30
+  if [ -z "$setup_idle_fd" ]; then
+    mkfifo "$setup_log_dir/.idle"
+    exec {setup_idle_fd}<>"$setup_log_dir/.idle"  # read-write: opening it does not wait for a writer
+    rm "$setup_log_dir/.idle"
+  fi
+  setup_tty=""
+  if [ -t 1 ] && [ "${TERM:-dumb}" != dumb ]; then setup_tty=1; fi
+  heartbeat "$1" "$interval" &
+  setup_heartbeat_pid=$!
+}
+
+stop_heartbeat() {
+  if [ -n "$setup_heartbeat_pid" ]; then
+    kill "$setup_heartbeat_pid" 2>/dev/null || true
+    wait "$setup_heartbeat_pid" 2>/dev/null || true
+    setup_heartbeat_pid=""
+    if [ -n "$setup_tty" ]; then printf '\r\033[K'; fi  # wipe the progress line
+  fi
+}
+
+# run_step "what: detail" COMMAND [ARG...]
+# Says the description in one line, runs the command (a program or a function of this file, under
+# set -e) with its output in a log file of its own, and on failure reports the end of that log and
+# exits with the command's exit code. The part of the description before the first ": " names the
+# step in the heartbeat and the failure report ("still building llama.cpp… 2m30s").
+run_step() {
+  local description=$1 name=${1%%: *} log rc
+  shift
+  if [ -z "$setup_log_dir" ]; then
+    setup_log_dir="$(mktemp -d "${TMPDIR:-/tmp}/voicechat-setup.XXXXXX")"
+  fi
+  setup_step_count=$((setup_step_count + 1))
+  printf -v log '%s/%02d-%s.log' "$setup_log_dir" "$setup_step_count" "${name//[^A-Za-z0-9.]/-}"
+  say "$description"
+
+  if ! is_ci; then start_heartbeat "$name"; fi
+  # The heartbeat must not outlive the step, whether it ends, fails or is interrupted. (Set after
+  # the heartbeat starts: a heartbeat stopped at once could otherwise run these traps itself.)
+  trap 'stop_heartbeat' EXIT
+  trap 'stop_heartbeat; say "interrupted: $name (its log so far: $log)" >&2; exit 130' INT
+  trap 'stop_heartbeat; say "interrupted: $name (its log so far: $log)" >&2; exit 143' TERM
+  trap 'stop_heartbeat; exit 129' HUP
+
+  # set -e is ignored inside anything run as `cmd || ...`, so the step's exit code is taken with
+  # set -e off around a subshell that turns it back on: a function step stops at its first error.
+  # No input: a prompt nobody can see (the output goes to the log) fails instead of waiting forever.
+  set +e
+  (set -e; "$@") >"$log" 2>&1 </dev/null
+  rc=$?
+  set -e
+
+  stop_heartbeat
+  trap - EXIT INT TERM HUP
+  if [ "$rc" -ne 0 ]; then
+    {
+      say "FAILED: $name (exit code $rc)"
+      if [ -s "$log" ]; then
+        say "the last lines of its log:"
+        tail -n 25 "$log" | sed 's/^/    /'
+      else
+        say "(it printed nothing)"
+      fi
+      say "the whole log: $log"
+    } >&2
+    exit "$rc"
+  fi
+}
+
+# Sourced by the tests: the functions above, nothing done. (`return` works only when sourced; run
+# as a program with this variable set, the script stops rather than install anything.)
+if [ "${VOICECHAT_SETUP_LIB_ONLY:-}" = 1 ]; then
+  if (return 0 2>/dev/null); then return 0; fi
+  say "VOICECHAT_SETUP_LIB_ONLY=1 is for sourcing this file; nothing done" >&2
+  exit 2
+fi
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 debian_packages=(
   libportaudio2     # PortAudio, which sounddevice plays audio through
@@ -21,8 +136,17 @@ if [ "${1:-}" = "test" ]; then
     postgresql          # a real PostgreSQL server for the shared-memory test (started by the test)
     libasound2-plugins  # ALSA's "pulse" pcm, through which PortAudio reaches PulseAudio
     pulseaudio          # a private sound server with a null sink: real-time output without a card
+    pulseaudio-utils    # parec: records that null sink, to hear what the browser client played
+    chromium            # the web client's tests drive Debian's Chromium (no browser download)
+    nodejs              # `node --test`: the web client's pure JavaScript, tested without a browser
   )
 fi
+
+install_debian_packages() {  # PACKAGE...
+  "${sudo[@]}" apt-get update -qq
+  # through env: sudo resets the environment, so a variable set in front of sudo never reaches apt
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
 
 if command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
@@ -38,10 +162,16 @@ if command -v apt-get >/dev/null 2>&1; then
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
-    say "system packages: ${missing[*]}"
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    if [ "${sudo[*]}" = sudo ] && ! sudo -n true 2>/dev/null; then
+      # Ask for the password now, on the terminal, not under a step's progress line.
+      sudo -v
+    fi
+    run_step "installing system packages: ${missing[*]}" install_debian_packages "${missing[@]}"
+  else
+    say "system packages: already installed: ${debian_packages[*]}"
   fi
+else
+  say "system packages: no apt-get here; make sure these are installed: ${debian_packages[*]}"
 fi
 
 # --- llama-cpp-python, built for a CPU baseline rather than for this machine ---------------------
@@ -84,23 +214,31 @@ PY
     return
   fi
   if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    say "building llama.cpp from source for a portable CPU baseline ($arch): about 5-8 minutes on 2 cores, once"
     mkdir -p "$wheel_dir"
-    CMAKE_ARGS="$flags" FORCE_CMAKE=1 python3 -m pip wheel --quiet --no-deps --no-cache-dir \
+    run_step "building llama.cpp: from source for a portable CPU baseline ($arch), about 5-8 minutes on 2 cores, once" \
+      env CMAKE_ARGS="$flags" FORCE_CMAKE=1 python3 -m pip wheel --quiet --no-deps --no-cache-dir \
       --no-binary llama-cpp-python -w "$wheel_dir.tmp" "llama-cpp-python==$LLAMA_CPP_VERSION"
     mv "$wheel_dir.tmp"/llama_cpp_python-*.whl "$wheel_dir"/ && rm -rf "$wheel_dir.tmp"
   fi
-  python3 -m pip install --quiet --force-reinstall --no-deps "$wheel_dir"/llama_cpp_python-*.whl
+  run_step "installing llama-cpp-python $LLAMA_CPP_VERSION: the portable build from $wheel_dir" \
+    python3 -m pip install --quiet --force-reinstall --no-deps "$wheel_dir"/llama_cpp_python-*.whl
   # its pure-Python dependencies, from PyPI as usual
-  python3 -m pip install --quiet "llama-cpp-python==$LLAMA_CPP_VERSION"
+  run_step "installing llama-cpp-python's dependencies: from PyPI" \
+    python3 -m pip install --quiet "llama-cpp-python==$LLAMA_CPP_VERSION"
 }
 build_portable_llama
 
-say "Python packages"
 if [ "${1:-}" = "test" ]; then
-  python3 -m pip install --quiet -e ".[test]"
+  run_step "installing Python packages: voicechat (editable) and its dependencies, with the test tools" \
+    python3 -m pip install --quiet -e ".[test]"
 else
-  python3 -m pip install --quiet -e .
+  run_step "installing Python packages: voicechat (editable) and its dependencies" \
+    python3 -m pip install --quiet -e .
 fi
-python3 -m voicechat --help >/dev/null
-say "voicechat is installed"
+run_step "checking the installed program: python3 -m voicechat --help" python3 -m voicechat --help
+say "voicechat is installed (each step's output: $setup_log_dir)"
+if [ "${1:-}" = "test" ]; then
+  say "next: python3 -m pytest    (and voicechat doctor checks this machine)"
+else
+  say "next: voicechat talk    (voicechat doctor checks this machine if something does not work)"
+fi
