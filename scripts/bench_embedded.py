@@ -97,7 +97,8 @@ def llm_alone_tokens_per_s(prompt: str, runs: int) -> float:
     """The same model, prompt and sampling as the server's, in this process with nothing else
     running: tokens/s from the first to the last streamed token, median over `runs`."""
     from voicechat.engines.llama import LlamaEngine
-    from voicechat.llm.local import DEFAULT_SYSTEM_PROMPT, default_model_path
+    from voicechat.llm.local import DEFAULT_SYSTEM_PROMPT
+    from voicechat.workers.embedded import default_model_path
 
     engine = LlamaEngine(str(default_model_path()))
     request = {

@@ -20,7 +20,7 @@ import time
 import llama_cpp
 
 from voicechat.engines.llama import SELF_CHECK_PROMPT
-from voicechat.llm.local import default_model_path
+from voicechat.workers.embedded import default_model_path
 
 GENERATE_TOKENS = 128
 

@@ -27,9 +27,9 @@ import pytest
 from voicechat.audio.wav import decode_wav
 from voicechat.client.connection import ChatConnection
 from voicechat.config import ConfigError, open_backends
-from voicechat.llm.local import default_model_path
 from voicechat.server import VoiceChatServer
 from voicechat.settings import BackendOptions, ServerConfig
+from voicechat.workers.embedded import default_model_path
 
 from .conftest import WAIT_S, collect_answer
 from .process_guard import owned_tempdir, spawn, stop

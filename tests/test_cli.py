@@ -7,6 +7,7 @@ help, rewrite them with `VOICECHAT_UPDATE_SNAPSHOTS=1 python3 -m pytest tests/te
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -128,3 +129,19 @@ def test_the_cli_imports_no_back_end_before_a_command_runs() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_doctor_reports_this_machine_as_json_for_scripts() -> None:
+    result = voicechat("doctor", "--json")
+    report = json.loads(result.stdout)
+    statuses = {check["name"]: check["status"] for check in report["checks"]}
+    assert statuses["python"] == statuses["LLM model"] == statuses["voice"] == "ok"
+    assert statuses["llama.cpp build"] == "ok"
+    assert result.returncode == (0 if report["ok"] else 1)
+
+
+def test_doctor_names_a_missing_model_and_the_fix() -> None:
+    result = voicechat("doctor", "--llm-model-path", "/nonexistent/model.gguf")
+    assert result.returncode == 1
+    assert "FAIL LLM model" in result.stdout
+    assert "--llm-model-path" in result.stdout

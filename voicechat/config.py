@@ -9,7 +9,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from voicechat.llm import ChatBackend, LLMConfigError, LLMSettings, build_backend, local_model_path
-from voicechat.llm.local import llm_worker
 from voicechat.llm.memory import MemoryConfigError, open_checkpointer
 from voicechat.settings import BackendOptions
 from voicechat.tts.base import TTSEngine
@@ -17,6 +16,7 @@ from voicechat.tts.fish import FishSpeechTTS
 from voicechat.tts.tone import ToneTTS
 from voicechat.tts.worker_voice import WorkerVoice
 from voicechat.workers import Worker, WorkerStartError
+from voicechat.workers.embedded import espeak_worker, llm_worker, piper_worker
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,10 @@ def _voice_workers(options: BackendOptions) -> dict[str, Worker]:
         raise ConfigError(str(exc)) from None
     if not path.is_file():
         raise ConfigError(f"no Piper voice file at {path}: check --piper-model")
-    piper = Worker(
-        "piper",
-        {"model_path": str(path), "length_scale": 1 / options.speaking_rate},
-        label="the Piper voice",
-        sigill_hint="onnxruntime's wheel does not support this CPU",
-    )
-    return {"piper": piper, "espeak": Worker("espeak", {}, label="espeak-ng")}
+    return {
+        "piper": piper_worker(path, length_scale=1 / options.speaking_rate),
+        "espeak": espeak_worker(),
+    }
 
 
 def _embedded_voice(workers: dict[str, Worker]) -> TTSEngine:

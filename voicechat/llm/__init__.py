@@ -91,7 +91,7 @@ def _system_prompt(settings: LLMSettings) -> str:
 
 def local_model_path(settings: LLMSettings) -> Path:
     """The GGUF file --llm local will load (checked before any worker starts)."""
-    from voicechat.llm.local import ModelNotFound, default_model_path
+    from voicechat.workers.embedded import ModelNotFound, default_model_path
 
     try:
         path = settings.model_path or default_model_path()

