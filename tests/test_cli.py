@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from importlib.metadata import version
@@ -145,3 +146,15 @@ def test_doctor_names_a_missing_model_and_the_fix() -> None:
     assert result.returncode == 1
     assert "FAIL LLM model" in result.stdout
     assert "--llm-model-path" in result.stdout
+
+
+def test_serve_on_a_port_in_use_says_so_and_exits_1() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = voicechat("serve", "--llm", "scripted", "--tts", "tone", "--port", str(port))
+    assert result.returncode == 1
+    said = " ".join(result.stderr.split())
+    assert f"cannot listen on 127.0.0.1:{port}: port {port} is in use" in said
+    assert f"--port {port + 1}" in said and "Traceback" not in said

@@ -8,6 +8,7 @@ imported when a command runs, so `--help`, `--version` and usage errors answer a
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -373,9 +374,14 @@ def serve(
     try:
         code = _run(_serve_until_signal(options, config))
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        hint = " (another voicechat serve? try --port 8766)" if exc.errno == 98 else ""
-        raise _fail(f"cannot listen on {host}:{port}: {reason}{hint}", 1) from None
+        if exc.errno == errno.EADDRINUSE:
+            reason = (
+                f"port {port} is in use (another voicechat serve? try --port {port + 1}; "
+                f"`voicechat doctor --port {port}` says what listens there)"
+            )
+        else:
+            reason = exc.strerror or str(exc)
+        raise _fail(f"cannot listen on {host}:{port}: {reason}", 1) from None
     raise typer.Exit(code)
 
 
