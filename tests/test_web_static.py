@@ -6,6 +6,8 @@ would normalise `..` before sending it).
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -14,15 +16,27 @@ from voicechat.server import origin_allowed
 from voicechat.web import STATIC_DIR
 
 from .conftest import running_server, scripted_backend
-from .test_protocol_edges import http_exchange, req
+from .test_protocol_edges import http_exchange, read_to_eof, req
 
 SCRIPT = ["Hello."]
+
+
+async def raw_response(server: object, request: str) -> bytes:
+    """The response's bytes as they came: headers as sent, duplicates included."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)  # type: ignore[attr-defined]
+    try:
+        writer.write(request.encode("ascii"))
+        return await read_to_eof(reader)
+    finally:
+        writer.close()
 
 
 async def test_the_page_is_served_at_the_root_with_a_strict_policy() -> None:
     async with running_server(scripted_backend(SCRIPT)) as server:
         status, headers, body = await http_exchange(server, req("GET", "/"))
         assert status == 200
+        raw = await raw_response(server, req("GET", "/"))
+        assert raw.lower().count(b"\r\ncontent-length:") == 1  # browsers refuse two
         assert body == (STATIC_DIR / "index.html").read_bytes()
         assert headers["content-type"] == "text/html; charset=utf-8"
         assert headers["cache-control"] == "no-cache" and headers["etag"]

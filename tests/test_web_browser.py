@@ -1,0 +1,737 @@
+"""The browser client in a real browser: Debian's headless Chromium driven by Playwright, against
+a real server on loopback (scripted LLM, tone voice) or a protocol peer the test scripts.
+
+Exact numbers come from the page's read-only hook (`window.voicechat.state()`): the worklet's
+counters of samples received, played and dropped per answer, underruns, flush reports, the
+unit highlighted. Sound itself is recorded from a private PulseAudio null sink and checked with
+tolerances (a loaded machine drops blocks in the sink, never in the worklet's counters).
+One browser for the module, a new browser context (fresh storage) per test. No sleeps: every
+wait polls a condition with a deadline; nothing asserts a duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import shutil
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from voicechat.client.connection import ChatConnection
+from voicechat.tts.tone import ToneTTS, tone_pcm
+
+from .audio_env import SINK_RATE, PulseDaemon, start_pulse
+from .browser import (
+    PageErrors,
+    ProtocolPeer,
+    SinkRecording,
+    answer_done,
+    audio_chunk,
+    chromium_missing,
+    dominant_hz,
+    launch_chromium,
+    loud_span,
+    open_chat,
+    receive,
+    response_created,
+    response_done,
+    send,
+    state,
+    text_delta,
+    until,
+)
+from .conftest import running_server, scripted_backend
+from .process_guard import owned_tempdir
+from .test_talk import memory_bot_server
+
+pytestmark = [
+    pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing())),
+    pytest.mark.asyncio(loop_scope="module"),
+]
+
+RATE = 22050  # the tone voice's rate
+SENTENCES = [
+    "The moon is bright tonight.",
+    " It lights the whole valley.",
+    " Owls are out hunting.",
+]
+UNITS = ["The moon is bright tonight.", "It lights the whole valley.", "Owls are out hunting."]
+# Still being written while it plays: there is something in flight to stop or to interrupt.
+SLOW = [
+    "One sentence is spoken first.",
+    {"text": " Then another one follows.", "delay_ms": 300},
+    {"text": " And a third one comes.", "delay_ms": 300},
+    {"text": " A fourth one is here.", "delay_ms": 300},
+]
+SLOW_UNITS = [
+    "One sentence is spoken first.",
+    "Then another one follows.",
+    "And a third one comes.",
+    "A fourth one is here.",
+]
+TOKEN = "correct-horse-battery-staple-42"
+MAX_FADE_S = 0.020
+
+
+def samples_of(units: list[str]) -> int:
+    return sum(len(tone_pcm(unit, RATE)) // 2 for unit in units)
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pulse() -> AsyncIterator[PulseDaemon | None]:
+    """A private PulseAudio daemon whose default sink is a null sink; None if not installed."""
+    if not (shutil.which("pulseaudio") and shutil.which("parec")):
+        yield None
+        return
+    with owned_tempdir("voicechat-browser-pulse-") as directory:
+        daemon = start_pulse(directory)
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser(pulse: PulseDaemon | None) -> AsyncIterator[Any]:
+    """One Chromium for the module, its sound going to the private sink."""
+    from playwright.async_api import async_playwright
+
+    env = {**os.environ, **(pulse.client_env if pulse else {})}
+    async with async_playwright() as playwright:
+        browser = await launch_chromium(playwright, env)
+        yield browser
+        await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser: Any) -> AsyncIterator[Any]:
+    """A fresh page (its own storage); the test fails on an uncaught error or a CSP violation."""
+    context = await browser.new_context(viewport={"width": 900, "height": 700})
+    page = await context.new_page()
+    errors = PageErrors(page)
+    yield page
+    await context.close()
+    assert not errors.errors
+
+
+@pytest.fixture
+def sink(pulse: PulseDaemon | None) -> PulseDaemon:
+    if pulse is None:
+        pytest.skip("pulseaudio and parec are needed to hear the page (scripts/setup.sh test)")
+    return pulse
+
+
+# --- an answer, played exactly --------------------------------------------------------------
+
+
+async def test_an_answer_streams_into_the_transcript_and_every_sample_is_played(page: Any) -> None:
+    async with running_server(scripted_backend(SENTENCES), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await send(page, "Tell me about the moon")
+        answer = await answer_done(page, 1)
+        s = await state(page)
+
+    assert s["connection"]["backends"] == {"llm": "scripted", "tts": "tone"}
+    assert s["turns"][0] == {"role": "user", "text": "Tell me about the moon"}
+    assert answer["status"] == "completed" and answer["text"] == "".join(SENTENCES)
+    assert answer["units"] == {str(i): unit for i, unit in enumerate(UNITS)}
+    metrics = answer["metrics"]
+    assert all(isinstance(metrics[key], (int, float)) for key in metrics), metrics
+    assert s["metrics"] == metrics
+
+    player = s["player"]
+    assert (player["kind"], player["contextRate"]) == ("worklet", RATE)  # made at the stream's rate
+    counts = player["answers"][answer["responseId"]]
+    total = samples_of(UNITS)
+    assert counts == {"sent": total, "received": total, "played": total, "dropped": 0}
+    assert (player["received"], player["played"], player["dropped"]) == (total, total, 0)
+    assert player["underruns"] == 0  # every chunk came before the queue ran dry
+
+    assert await page.locator(".turn.assistant .body").inner_text() == "".join(SENTENCES)
+    assert "total" in await page.locator(".turn.assistant .meta").inner_text()
+    assert "scripted + tone" in await page.locator("#connection").inner_text()
+    assert "0 underruns" in await page.locator("#status").inner_text()
+    assert await page.input_value("#message") == ""
+
+
+async def test_at_another_context_rate_the_stream_is_resampled_and_played_exactly(
+    page: Any,
+) -> None:
+    # A browser that refuses the stream's rate (Safari below 22050 Hz does): the page falls back
+    # to the context's own rate and resamples with its windowed-sinc filter.
+    await page.add_init_script(
+        """(() => {
+          const Native = window.AudioContext;
+          window.AudioContext = class extends Native {
+            constructor(options = {}) {
+              if ("sampleRate" in options) throw new DOMException("no", "NotSupportedError");
+              super(options);
+            }
+          };
+        })()"""
+    )
+    async with running_server(scripted_backend(SENTENCES), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await send(page, "Tell me about the moon")
+        answer = await answer_done(page, 1)
+        s = await state(page)
+
+    rate = s["player"]["contextRate"]
+    assert rate != RATE
+    expected = -(-samples_of(UNITS) * rate // RATE)  # ceil: one resampler for the whole answer
+    counts = s["player"]["answers"][answer["responseId"]]
+    assert counts == {"sent": expected, "received": expected, "played": expected, "dropped": 0}
+    assert s["player"]["underruns"] == 0
+    assert await page.evaluate("() => localStorage.getItem('voicechat.sampleRate')") == str(RATE)
+
+
+async def test_a_chunk_that_comes_late_is_exactly_one_underrun(page: Any) -> None:
+    # Unit 0 (1.1 s of audio) plays out long before unit 1 is even written (3 s later).
+    script = ["First part is here.", " And", {"text": " the second part.", "delay_ms": 3000}]
+    async with running_server(scripted_backend(script), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await send(page, "Take your time")
+        answer = await answer_done(page, 1)
+        s = await state(page)
+
+    units = ["First part is here.", "And the second part."]
+    assert list(answer["units"].values()) == units
+    counts = s["player"]["answers"][answer["responseId"]]
+    assert counts["received"] == counts["played"] == samples_of(units)
+    assert s["player"]["underruns"] == 1  # one dry spell; the end of the answer is not one
+    assert "1 underrun" in await page.locator("#status").inner_text()
+
+
+async def test_the_highlight_follows_playback_not_arrival(page: Any) -> None:
+    async with running_server(scripted_backend(SENTENCES), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await send(page, "Tell me about the moon")
+        # Every chunk has arrived and gone to the player, yet unit 0 is the one being heard.
+        await until(
+            page,
+            """(s, total) => {
+              const answer = s.turns[1];
+              const counts = answer && s.player.answers[answer.responseId];
+              return answer?.status === 'completed' && counts?.sent === total && answer.heard === 0;
+            }""",
+            "all audio handed to the player while unit 0 plays",
+            samples_of(UNITS),
+        )
+        assert await page.locator(".turn.assistant mark").inner_text() == UNITS[0]
+        for index in (1, 2):
+            await until(page, "(s, i) => s.turns[1].heard === i", f"unit {index} heard", index)
+            assert await page.locator(".turn.assistant mark").inner_text() == UNITS[index]
+        await until(page, "s => s.turns[1].heard === null && s.player.queued === 0", "the end")
+        assert await page.locator(".turn.assistant mark").count() == 0
+
+
+# --- stop and barge-in ----------------------------------------------------------------------
+
+
+async def playing(page: Any, turn: int) -> str:
+    """Wait until the answer at `turn` is being heard; return its response id."""
+    return await until(
+        page,
+        """(s, i) => {
+          const answer = s.turns[i];
+          const counts = answer && s.player.answers[answer.responseId];
+          return counts && counts.played > 0 && answer.responseId;
+        }""",
+        f"answer {turn} playing",
+        turn,
+    )
+
+
+def assert_stopped_after_fade(s: dict[str, Any], response_id: str) -> None:
+    """The answer was flushed once: a fade of at most 20 ms, then not one more sample of it."""
+    [flush] = [f for f in s["player"]["flushes"] if f["answer"] == response_id]
+    counts = s["player"]["answers"][response_id]
+    assert 0 < flush["faded"] <= MAX_FADE_S * s["player"]["contextRate"]
+    assert flush["dropped"] > 0
+    assert counts["played"] == flush["played"] + flush["faded"]
+    assert counts["played"] + counts["dropped"] == counts["received"]
+
+
+async def test_stop_fades_out_drops_the_rest_and_the_next_answer_plays(page: Any) -> None:
+    async with running_server(scripted_backend(SLOW), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await send(page, "Talk for a while")
+        stopped = await playing(page, 1)
+        await page.keyboard.press("Escape")
+        s = await until(
+            page,
+            "s => s.turns[1].status === 'cancelled' && s.player.flushes.length"
+            " && !s.player.queued && s",
+            "the stop",
+        )
+        assert_stopped_after_fade(s, stopped)
+        assert server.responses_in_flight() == 0  # response.cancel reached the server
+
+        await send(page, "Again")
+        answer = await answer_done(page, 3)
+        after = await state(page)
+
+    assert answer["status"] == "completed"
+    assert after["player"]["answers"][stopped] == s["player"]["answers"][stopped]
+    counts = after["player"]["answers"][answer["responseId"]]
+    assert list(answer["units"].values()) == SLOW_UNITS
+    assert counts["played"] == counts["received"] == samples_of(SLOW_UNITS)
+    assert after["player"]["underruns"] == 0
+
+
+async def test_the_stop_button_stops_too(page: Any) -> None:
+    async with running_server(scripted_backend(SLOW), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await send(page, "Talk for a while")
+        stopped = await playing(page, 1)
+        await page.get_by_role("button", name="Stop").click()
+        s = await until(
+            page, "s => s.turns[1].status === 'cancelled' && !s.player.queued && s", "the stop"
+        )
+    assert_stopped_after_fade(s, stopped)
+
+
+async def test_barge_in_silences_the_answer_at_once_and_plays_the_new_one(page: Any) -> None:
+    async with running_server(scripted_backend(SLOW), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await send(page, "Talk for a while")
+        interrupted = await playing(page, 1)
+        await send(page, "Wait, another question")
+        answer = await answer_done(page, 3)
+        s = await state(page)
+
+    assert s["turns"][1]["status"] == "cancelled"  # the server cancelled it: barge-in
+    assert s["turns"][2] == {"role": "user", "text": "Wait, another question"}
+    assert_stopped_after_fade(s, interrupted)
+    counts = s["player"]["answers"][answer["responseId"]]
+    assert counts["played"] == counts["received"] > 0 and counts["dropped"] == 0
+
+
+async def test_late_audio_of_a_stopped_answer_is_never_played(page: Any) -> None:
+    first = tone_pcm("A long tone." * 4, RATE)
+
+    async def script(ws: Any) -> None:
+        message = await receive(ws, "user.message")
+        await ws.send(response_created("r1", message["id"]))
+        await ws.send(text_delta("r1", "A long tone. Then more."))
+        await ws.send(audio_chunk("r1", 0, 0, "A long tone.", first))
+        await receive(ws, "response.cancel")
+        # What a real server does in a race: a chunk already on the wire when the cancel came.
+        await ws.send(audio_chunk("r1", 1, 1, "Then more.", tone_pcm("Then more.", RATE)))
+        await ws.send(response_done("r1", "cancelled", "A long tone. Then more."))
+        await ws.wait_closed()
+
+    async with ProtocolPeer(script) as peer:
+        await open_chat(page, peer.page_url)
+        await send(page, "Go")
+        await playing(page, 1)
+        await page.keyboard.press("Escape")
+        s = await until(
+            page,
+            "s => s.turns[1].status === 'cancelled' && s.ignoredChunks === 1"
+            " && !s.player.queued && s",
+            "the late chunk",
+        )
+    assert_stopped_after_fade(s, "r1")
+    assert s["player"]["answers"]["r1"]["received"] == len(first) // 2
+
+
+async def test_unplayable_audio_is_reported_and_the_rest_plays(page: Any) -> None:
+    good = tone_pcm("Fine.", RATE)
+
+    async def script(ws: Any) -> None:
+        message = await receive(ws, "user.message")
+        await ws.send(response_created("r1", message["id"]))
+        await ws.send(text_delta("r1", "Broken. Garbage. Fine."))
+        await ws.send(audio_chunk("r1", 0, 0, "Broken.", b"", audio="not base64 at all!"))
+        garbage = base64.b64encode(b"MZ this is no WAV file at all").decode()
+        await ws.send(audio_chunk("r1", 1, 1, "Garbage.", b"", audio=garbage))
+        await ws.send(audio_chunk("r1", 2, 2, "Fine.", good))
+        await ws.send(response_done("r1", "completed", "Broken. Garbage. Fine."))
+        await ws.wait_closed()
+
+    async with ProtocolPeer(script) as peer:
+        await open_chat(page, peer.page_url)
+        await send(page, "Go")
+        answer = await answer_done(page, 1)
+        s = await state(page)
+        shown = await page.locator(".notice").all_inner_texts()
+    broken, garbage = s["notices"]
+    assert broken.startswith("Skipped an unplayable audio chunk: audio is not valid Base64")
+    assert garbage == "Skipped an unplayable audio chunk: not a WAV file (no RIFF/WAVE header)."
+    assert shown == s["notices"]  # in the transcript, where it happened
+    counts = s["player"]["answers"][answer["responseId"]]
+    assert counts["received"] == counts["played"] == len(good) // 2
+
+
+# --- the sound itself -----------------------------------------------------------------------
+
+
+def pitch_of(unit: str) -> int:
+    return 180 + zlib.crc32(unit.encode()) % 200  # the tone voice's pitch for this unit
+
+
+async def test_the_answer_is_heard_at_its_pitch_and_length_and_stops_on_stop(
+    page: Any, sink: PulseDaemon, tmp_path: Path
+) -> None:
+    unit = "A single steady tone for the sink."
+    long_unit = "This tone would go on for a good five seconds if nobody stopped it now."
+    async with running_server(scripted_backend([unit]), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        recording = SinkRecording(sink, tmp_path / "answer.raw")
+        try:
+            await send(page, "Play a tone")
+            await answer_done(page, 1)
+            samples = await recording.wait_for(quiet_after_sound, "the tone, then quiet")
+        finally:
+            recording.close()
+    first, last = loud_span(samples)
+    expected_s = len(tone_pcm(unit, RATE)) / 2 / RATE
+    assert abs((last - first) / SINK_RATE - expected_s) < 0.25  # dropouts on a loaded machine
+    assert abs(dominant_hz(samples[first:last]) - pitch_of(unit)) <= 3
+
+    async with running_server(scripted_backend([long_unit]), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        recording = SinkRecording(sink, tmp_path / "stopped.raw")
+        try:
+            await send(page, "Play a long tone")
+            await until(page, "s => s.player.played > 0.5 * s.player.contextRate", "0.5 s played")
+            await page.keyboard.press("Escape")
+            await until(page, "s => s.player.flushes.length === 1", "the flush")
+            samples = await recording.wait_for(quiet_after_sound, "the tone, then quiet")
+        finally:
+            recording.close()
+    first, last = loud_span(samples)
+    full_s = len(tone_pcm(long_unit, RATE)) / 2 / RATE
+    assert 0.3 < (last - first) / SINK_RATE < full_s - 2  # it stopped, long before its end
+    assert abs(dominant_hz(samples[first:last]) - pitch_of(long_unit)) <= 5
+
+
+async def test_muted_nothing_is_heard_but_playback_keeps_time(
+    page: Any, sink: PulseDaemon, tmp_path: Path
+) -> None:
+    async with running_server(scripted_backend(SENTENCES), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await page.get_by_role("button", name="Mute").click()
+        assert await page.get_attribute("#mute", "aria-pressed") == "true"
+        recording = SinkRecording(sink, tmp_path / "muted.raw")
+        try:
+            await send(page, "Tell me about the moon")
+            await until(page, "s => s.turns[1].heard === 1", "the highlight moving while muted")
+            answer = await answer_done(page, 1)
+            audio_s = samples_of(UNITS) / RATE
+            samples = await recording.wait_for(
+                lambda samples: len(samples) > (audio_s + 0.5) * SINK_RATE, "the answer's time"
+            )
+        finally:
+            recording.close()
+        s = await state(page)
+    assert s["player"]["muted"] and "muted" in await page.locator("#status").inner_text()
+    counts = s["player"]["answers"][answer["responseId"]]
+    assert counts["played"] == counts["received"] == samples_of(UNITS)
+    assert loud_span(samples) == (0, 0)  # the sink got silence only
+
+
+def quiet_after_sound(samples: Any) -> bool:
+    """Sound was recorded, and then at least 0.3 s of quiet."""
+    first, last = loud_span(samples)
+    return last > first and len(samples) - last > 0.3 * SINK_RATE
+
+
+# --- the token ------------------------------------------------------------------------------
+
+
+async def test_without_a_token_the_page_asks_and_a_wrong_one_is_refused(page: Any) -> None:
+    async with running_server(scripted_backend(["Hi."]), token=TOKEN) as server:
+        await page.goto(server.page_url)
+        await until(page, "s => s.connection.state === 'token'", "the token request")
+        assert await page.locator("#token-form").is_visible()
+        assert "needs an access token" in await page.locator("#token-hint").inner_text()
+
+        await page.get_by_label("Access token").fill("wrong-token-0123456789")
+        await page.get_by_role("button", name="Connect").click()
+        await until(page, "s => s.banner === 'The server refused the token.'", "the refusal")
+        assert await page.locator("#banner").is_visible()
+        assert "refused that token" in await page.locator("#token-hint").inner_text()
+
+        await page.get_by_label("Access token").fill(TOKEN)
+        await page.get_by_role("button", name="Connect").click()
+        await until(page, "s => s.connection.state === 'connected'", "the connection")
+        assert not await page.locator("#token-form").is_visible()
+        assert not await page.locator("#banner").is_visible()
+        assert server.refused["auth"] == 2
+
+
+async def test_a_token_from_the_fragment_is_kept_for_the_tab_and_never_in_a_url(
+    page: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)  # the server's default level
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    page.on("websocket", lambda websocket: urls.append(websocket.url))
+    async with running_server(scripted_backend(["Hi."]), token=TOKEN) as server:
+        await open_chat(page, f"{server.page_url}#token={TOKEN}")
+        assert await page.evaluate("() => location.href") == server.page_url  # fragment gone
+        assert await page.evaluate("() => sessionStorage.getItem('voicechat.token')") == TOKEN
+        await send(page, "Hello")
+        await answer_done(page, 1)
+        await page.reload()  # the tab remembers it
+        await until(page, "s => s.connection.state === 'connected'", "the connection again")
+        assert server.refused["auth"] == 0
+
+    assert sum(url.startswith("ws://") for url in urls) == 2
+    assert not [url for url in urls if TOKEN in url]
+    assert TOKEN not in caplog.text
+
+
+# --- who may connect ------------------------------------------------------------------------
+
+
+async def test_a_page_from_another_origin_cannot_open_the_websocket(page: Any) -> None:
+    async with running_server(scripted_backend(["Hi."])) as server:
+        probe = (
+            "<!doctype html><title>probe</title><script>"
+            f"const ws = new WebSocket('{server.url}');"
+            "ws.onopen = () => { document.title = 'open'; };"
+            "ws.onclose = (event) => { document.title = 'closed ' + event.code; };"
+            "</script>"
+        )
+        async with http_page(probe) as port:  # another origin on this machine: localhost:PORT2
+            await page.goto(f"http://localhost:{port}/")
+            await page.wait_for_function("() => document.title !== 'probe'", timeout=20_000)
+        assert await page.title() == "closed 1006"  # the handshake was refused...
+        assert server.health()["disconnected"]["origin"] == 1  # ...by the server, for its Origin
+        assert server.health()["sessions"] == 0
+
+
+@asynccontextmanager
+async def http_page(html: str) -> AsyncIterator[int]:
+    """A one-page HTTP server on loopback; yields its port."""
+    body = html.encode()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_full_server_is_said_and_the_page_gets_in_once_there_is_room(page: Any) -> None:
+    async with running_server(scripted_backend(["Hi."]), max_connections=1) as server:
+        async with ChatConnection(server.url):
+            await page.goto(server.page_url)
+            await until(
+                page,
+                "s => s.banner === 'The server is full (1 of 1 connections in use).'",
+                "the full server",
+            )
+            assert "offline, retrying in" in await page.locator("#connection").inner_text()
+        await until(page, "s => s.connection.state === 'connected' && !s.banner", "a seat")
+
+
+# --- reconnecting ---------------------------------------------------------------------------
+
+
+async def test_a_restarted_server_that_forgot_us_gives_a_new_conversation(page: Any) -> None:
+    async with AsyncExitStack() as first:
+        server = await first.enter_async_context(
+            running_server(scripted_backend(["Hello there."]), ToneTTS())
+        )
+        port = server.port
+        await open_chat(page, server.page_url)
+        await send(page, "Hi")
+        await answer_done(page, 1)
+        old_session = (await state(page))["connection"]["sessionId"]
+
+    s = await until(
+        page,
+        "s => s.connection.state === 'offline' && s.banner.startsWith('Cannot reach') && s",
+        "the unreachable server",
+    )
+    assert s["notices"] == ["Disconnected: the server is shutting down."]
+    await send(page, "still there?")  # typed while offline: kept
+    assert await page.input_value("#message") == "still there?"
+    assert "message is kept" in await page.locator("#hint").inner_text()
+    assert len((await state(page))["turns"]) == 2
+
+    async with running_server(scripted_backend(["Yes, still here."]), ToneTTS(), port=port):
+        s = await until(
+            page,
+            "s => s.connection.state === 'connected' && s.notices.length === 2 && s",
+            "the reconnection",
+        )
+        assert s["notices"][1] == (
+            "Reconnected, but the server no longer knows our conversation: a new one started."
+        )
+        assert s["connection"]["sessionId"] != old_session
+        assert not await page.locator("#banner").is_visible()
+        assert await page.input_value("#message") == "still there?"
+        await page.press("#message", "Enter")
+        answer = await answer_done(page, 3)
+    assert answer["text"] == "Yes, still here."
+
+
+async def test_a_lost_connection_silences_the_answer_at_once(page: Any) -> None:
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(running_server(scripted_backend(SLOW), ToneTTS()))
+        await open_chat(page, server.page_url)
+        await send(page, "Talk for a while")
+        lost = await playing(page, 1)
+    s = await until(
+        page,
+        "s => s.connection.state === 'offline' && s.player.flushes.length && !s.player.queued && s",
+        "the offline state",
+    )
+    assert_stopped_after_fade(s, lost)  # nothing of it plays on after the connection is gone
+    assert s["turns"][1]["status"] == "cancelled"  # the server ended it on its way out
+
+
+async def test_a_restarted_server_with_sqlite_memory_continues_the_conversation(
+    page: Any, tmp_path: Path
+) -> None:
+    memory = tmp_path / "chats.db"
+    async with memory_bot_server(memory) as server:
+        port = server.port
+        await open_chat(page, server.page_url)
+        await send(page, "I like tea")
+        first = await answer_done(page, 1)
+        session = (await state(page))["connection"]["sessionId"]
+    assert first["text"] == "Nice to meet you. You said: I like tea. Tell me more."
+    await until(page, "s => s.connection.state === 'offline'", "the offline state")
+
+    async with memory_bot_server(memory, port):
+        s = await until(
+            page,
+            "s => s.notices.some(n => n.startsWith('Reconnected')) && s",
+            "the resumed notice",
+        )
+        assert s["notices"][-1] == "Reconnected: the conversation continues (2 messages kept)."
+        assert s["connection"]["sessionId"] == session
+        await send(page, "and cake")
+        second = await answer_done(page, 3)
+    assert second["text"] == "That makes 2 messages. Before this one you said: I like tea."
+
+
+# --- answers that go wrong ------------------------------------------------------------------
+
+
+async def test_a_failed_answer_says_so(page: Any) -> None:
+    script = ["Half an answer", {"error": "the model fell over"}]
+    async with running_server(scripted_backend(script), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await send(page, "Try")
+        answer = await answer_done(page, 1)
+        s = await state(page)
+        assert await page.locator(".notice").all_inner_texts() == s["notices"]
+        assert (await page.locator(".turn.assistant .meta").inner_text()).startswith("failed")
+    assert answer["status"] == "failed"
+    [notice] = s["notices"]
+    assert notice.startswith("The answer failed: the language model stopped with an error.")
+
+
+# --- without AudioWorklet -------------------------------------------------------------------
+
+
+async def test_without_audioworklet_buffers_are_scheduled_on_one_cursor(page: Any) -> None:
+    # What a page served over plain http on a LAN address gets: no AudioWorklet.
+    await page.add_init_script(
+        "Object.defineProperty(BaseAudioContext.prototype, 'audioWorklet', {get: () => undefined})"
+    )
+    async with running_server(scripted_backend(SENTENCES), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await send(page, "Tell me about the moon")
+        await until(
+            page,
+            "s => s.turns[1].heard === 1 && s.player.kind === 'buffer'",
+            "unit 1 heard from scheduled buffers",
+        )
+        assert "no AudioWorklet" in await page.locator("#status").inner_text()
+        response_id = (await state(page))["turns"][1]["responseId"]
+        await page.keyboard.press("Escape")
+        s = await until(page, "s => s.player.flushes.length === 1 && !s.player.queued && s", "stop")
+        assert_stopped_after_fade(s, response_id)
+
+        await send(page, "Again")
+        answer = await answer_done(page, 3)
+        s = await state(page)
+    counts = s["player"]["answers"][answer["responseId"]]
+    assert counts["played"] == counts["received"] > 0 and counts["dropped"] == 0
+
+
+# --- the page itself ------------------------------------------------------------------------
+
+
+async def test_the_files_come_with_their_types_and_the_policy(page: Any) -> None:
+    async with running_server(scripted_backend(SENTENCES), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await send(page, "Hi")  # the first gesture: the worklet module loads, under the policy
+        await until(page, "s => s.player.kind === 'worklet'", "the worklet")
+        types = {
+            "": "text/html",
+            "app.js": "text/javascript",
+            "player-worklet.js": "text/javascript",
+            "style.css": "text/css",
+            "favicon.svg": "image/svg+xml",
+        }
+        for name, content_type in types.items():
+            response = await page.request.get(server.page_url + name)
+            assert response.headers["content-type"].startswith(content_type), name
+            assert "script-src 'self'" in response.headers["content-security-policy"], name
+
+
+async def test_phone_width_dark_mode_labels_and_the_keyboard(page: Any) -> None:
+    await page.set_viewport_size({"width": 375, "height": 700})
+    await page.emulate_media(color_scheme="dark")
+    async with running_server(scripted_backend(["Fine."]), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        box = page.get_by_label("Message")
+        await box.fill("line one")
+        await box.press("Shift+Enter")
+        await box.press_sequentially("line two")
+        assert await box.input_value() == "line one\nline two"
+        assert (await state(page))["turns"] == []  # Shift+Enter is a new line, not a send
+        await box.press("Enter")
+        await answer_done(page, 1)
+        assert (await state(page))["turns"][0]["text"] == "line one\nline two"
+
+        layout = await page.evaluate(
+            """() => {
+              const luminance = (color) => {
+                const [r, g, b] = color.match(/[0-9]+/g).map(Number);
+                return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255;
+              };
+              const body = getComputedStyle(document.body);
+              return {
+                overflow: document.documentElement.scrollWidth - window.innerWidth,
+                background: luminance(body.backgroundColor),
+                text: luminance(body.color),
+                sendRight: document.getElementById("mute").getBoundingClientRect().right,
+              };
+            }"""
+        )
+        assert layout["overflow"] <= 0 and layout["sendRight"] <= 375  # nothing off-screen
+        assert layout["background"] < 0.15 < 0.7 < layout["text"]  # dark, with light text
+        transcript = page.get_by_role("log", name="Conversation")
+        assert await transcript.get_attribute("aria-live") == "polite"
+        await page.keyboard.press("Tab")  # keyboard focus shows a ring
+        outline = await page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+        assert outline != "none"

@@ -1,0 +1,599 @@
+// The browser client: what `voicechat talk` does, in a page. DOM, WebSocket (protocol v1, see
+// docs/protocol.md) and the player; the pure logic lives in audio-core.js and text-core.js.
+
+import { decodeBase64, parseWav } from "./audio-core.js";
+import { Player } from "./player.js";
+import { locateUnit } from "./text-core.js";
+
+const CHAT_PATH = "/v1/chat/stream";
+const PROTOCOL = "voicechat.v1";
+const TOKEN_PREFIX = "voicechat.token.";
+const TOKEN_KEY = "voicechat.token";
+const BACKOFF_S = [0.5, 1, 2, 4, 8]; // then every 8 s, as `talk` does
+const FOLLOW_MS = 50; // how often the highlight follows the playback position
+
+const ERROR_TEXT = {
+  llm_failed: "The answer failed: the language model stopped with an error.",
+  internal: "The answer failed: the server hit a bug; its log says more.",
+  tts_failed: "A sentence could not be spoken; the answer goes on.",
+  rate_limited: "Too many messages in a short time; that one was dropped. Wait a moment.",
+  too_large: "That message is too long for the server; shorten it.",
+  bad_message: "The server could not use that message.",
+  bad_json: "The server could not read a message from this page.",
+  unknown_type: "The server does not know a message this page sent.",
+};
+const REFUSED_MESSAGE = new Set(["too_large", "rate_limited", "bad_message"]); // no answer comes
+const FAILED_ANSWER = new Set(["llm_failed", "internal"]); // response.done "failed" follows
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  transcript: $("transcript"),
+  empty: $("empty"),
+  composer: $("composer"),
+  input: $("message"),
+  hint: $("hint"),
+  stop: $("stop"),
+  mute: $("mute"),
+  status: $("status"),
+  connection: $("connection"),
+  connectionText: $("connection-text"),
+  backends: $("backends"),
+  banner: $("banner"),
+  tokenForm: $("token-form"),
+  tokenHint: $("token-hint"),
+  tokenInput: $("token"),
+};
+
+const chat = {
+  connection: "connecting", // connecting | connected | offline | token
+  connectionText: "connecting…",
+  banner: "",
+  socket: null,
+  sessionId: null, // the conversation; kept across reconnects to resume it
+  ownSessionId: null, // this connection's own session: the conversation if the server forgot ours
+  backends: null,
+  failures: 0,
+  retry: null, // the timer of the next attempt
+  turns: [], // {role: "user", text} and answers, in order
+  answers: new Map(), // response_id -> answer
+  pending: new Map(), // our message id -> answer still waiting for its response.created
+  audioAnswer: null, // the one response whose audio may play; chunks of others are dropped
+  ignoredChunks: 0,
+  notices: [],
+  lastMetrics: null,
+  messages: 0,
+};
+
+const player = new Player({ onStateChange: renderStatus });
+
+// --- the token ----------------------------------------------------------------------------
+
+const tokenStore = {
+  memory: null, // when sessionStorage is disabled
+  get() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY);
+    } catch {
+      return this.memory;
+    }
+  },
+  set(token) {
+    this.memory = token;
+    try {
+      if (token) sessionStorage.setItem(TOKEN_KEY, token);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      // kept in memory only
+    }
+  },
+};
+
+/** `#token=...` in the address: keep it for this tab and take it out of the address bar. */
+function takeTokenFromFragment() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (token === null) return;
+  tokenStore.set(token);
+  history.replaceState(history.state, "", location.pathname + location.search);
+}
+
+function askForToken(hint) {
+  setConnection("token", "token needed");
+  ui.tokenHint.textContent = hint;
+  ui.tokenForm.hidden = false;
+  ui.tokenInput.focus();
+}
+
+ui.tokenForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const token = ui.tokenInput.value.trim();
+  if (!token) return;
+  tokenStore.set(token);
+  ui.tokenInput.value = "";
+  ui.tokenForm.hidden = true;
+  chat.failures = 0;
+  connect();
+});
+
+// --- the connection -----------------------------------------------------------------------
+
+function chatUrl() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}${CHAT_PATH}`;
+}
+
+function connect() {
+  clearTimeout(chat.retry);
+  const token = tokenStore.get();
+  const protocols = token ? [PROTOCOL, TOKEN_PREFIX + token] : [PROTOCOL];
+  let socket;
+  try {
+    socket = new WebSocket(chatUrl(), protocols); // the token travels only as a subprotocol
+  } catch {
+    tokenStore.set(null);
+    askForToken(
+      "That token has characters a browser cannot send (only letters, digits and " +
+        "!#$%&'*+-.^_`|~ work). Ask for another one.",
+    );
+    return;
+  }
+  chat.socket = socket;
+  let created = false;
+  setConnection("connecting", chat.failures ? "reconnecting…" : "connecting…");
+  socket.addEventListener("message", (event) => {
+    if (socket !== chat.socket) return;
+    const message = parseFrame(event.data);
+    if (message?.type === "session.created") {
+      created = true;
+      onSessionCreated(message);
+    } else if (message) {
+      applyEvent(message);
+    }
+  });
+  socket.addEventListener("close", (event) => {
+    if (socket === chat.socket) onClosed(event, created, token);
+  });
+}
+
+function parseFrame(data) {
+  try {
+    const message = JSON.parse(data);
+    return message && typeof message === "object" ? message : null;
+  } catch {
+    return null;
+  }
+}
+
+function onSessionCreated(message) {
+  chat.failures = 0;
+  chat.backends = { llm: String(message.llm), tts: String(message.tts) };
+  const resuming = chat.sessionId !== null && chat.turns.length > 0;
+  if (resuming) {
+    send({ type: "session.resume", session_id: chat.sessionId });
+  } else {
+    if (chat.sessionId !== null) notice("Reconnected.");
+    chat.sessionId = message.session_id;
+  }
+  chat.ownSessionId = message.session_id;
+  setBanner("");
+  setHint("");
+  setConnection("connected", "connected");
+}
+
+async function onClosed(event, created, token) {
+  chat.socket = null;
+  stopLocalAudio();
+  interruptAnswers();
+  if (event.code === 1008 && !created) {
+    tokenStore.set(null);
+    askForToken(
+      token
+        ? "The server refused that token. Check it and enter it again."
+        : "This server needs an access token. Enter it, or open the page with #token=... " +
+          "in its address.",
+    );
+    setBanner(token ? "The server refused the token." : "");
+    return;
+  }
+  if (created) {
+    notice(`Disconnected: ${closeReason(event)}`);
+  } else {
+    setBanner(await diagnose());
+  }
+  scheduleReconnect();
+}
+
+function closeReason(event) {
+  if (event.code === 1001) return "the server is shutting down.";
+  if (event.code === 1000 && event.reason === "idle timeout") return "idle for too long.";
+  if (event.reason) return `${event.reason} (${event.code}).`;
+  return "the connection to the server was lost.";
+}
+
+/** Why a connection failed before its session: browsers hide the HTTP status, /healthz tells. */
+async function diagnose() {
+  let health;
+  try {
+    const response = await fetch("/healthz", { cache: "no-store" });
+    health = await response.json();
+  } catch {
+    return `Cannot reach the server at ${location.host}. Is voicechat serve running?`;
+  }
+  const { sessions, max_connections: max } = health;
+  if (sessions >= max) return `The server is full (${sessions} of ${max} connections in use).`;
+  return (
+    "The server refused the connection. If this page was opened by a host name, " +
+    `the server needs --allow-origin ${location.origin}.`
+  );
+}
+
+function scheduleReconnect() {
+  const delay = BACKOFF_S[Math.min(chat.failures, BACKOFF_S.length - 1)];
+  chat.failures += 1;
+  setConnection("offline", `offline, retrying in ${delay} s`);
+  chat.retry = setTimeout(connect, delay * 1000);
+}
+
+function send(message) {
+  chat.socket.send(JSON.stringify(message));
+}
+
+function connected() {
+  return chat.connection === "connected" && chat.socket?.readyState === WebSocket.OPEN;
+}
+
+// --- events from the server ---------------------------------------------------------------
+
+function applyEvent(message) {
+  switch (message.type) {
+    case "response.created":
+      return onResponseCreated(message);
+    case "text.delta":
+      return onTextDelta(message);
+    case "audio.chunk":
+      return onAudioChunk(message);
+    case "response.done":
+      return onResponseDone(message);
+    case "session.resumed":
+      chat.sessionId = message.session_id;
+      return notice(`Reconnected: the conversation continues (${message.messages} messages kept).`);
+    case "error":
+      return onError(message);
+  }
+}
+
+function onResponseCreated(message) {
+  let answer = chat.pending.get(message.in_reply_to);
+  chat.pending.delete(message.in_reply_to);
+  answer ??= addAnswer(); // an answer we did not ask for on this page (a shared conversation)
+  answer.responseId = message.response_id;
+  chat.answers.set(answer.responseId, answer);
+  if (!answer.silenced) chat.audioAnswer = answer.responseId;
+}
+
+function onTextDelta(message) {
+  const answer = chat.answers.get(message.response_id);
+  if (!answer) return;
+  answer.text += message.text;
+  renderAnswer(answer);
+}
+
+function onAudioChunk(message) {
+  const answer = chat.answers.get(message.response_id);
+  if (!answer || message.response_id !== chat.audioAnswer) {
+    chat.ignoredChunks += 1; // a stopped answer's late audio
+    return;
+  }
+  if (message.text) answer.units[message.segment] = message.text;
+  let wav;
+  try {
+    wav = parseWav(decodeBase64(message.audio));
+  } catch (error) {
+    notice(`Skipped an unplayable audio chunk: ${error.message}.`);
+    return;
+  }
+  answer.chunks += 1;
+  player.push(answer.responseId, message.segment, wav.samples, wav.sampleRate);
+}
+
+function onResponseDone(message) {
+  const answer = chat.answers.get(message.response_id);
+  if (!answer) return;
+  answer.status = message.status;
+  answer.text = typeof message.text === "string" ? message.text : answer.text;
+  answer.truncated = message.truncated ?? null;
+  answer.metrics = pickMetrics(message.metrics);
+  chat.lastMetrics = answer.metrics;
+  if (message.response_id === chat.audioAnswer) {
+    player.end(answer.responseId);
+    chat.audioAnswer = null;
+  }
+  if (message.status === "failed" && !answer.failureShown) notice("The answer failed.");
+  renderAnswer(answer);
+  renderStatus();
+}
+
+function pickMetrics(metrics) {
+  const value = (key) => (typeof metrics?.[key] === "number" ? metrics[key] : null);
+  return {
+    firstTextMs: value("first_text_ms"),
+    firstAudioMs: value("first_audio_ms"),
+    totalMs: value("total_ms"),
+  };
+}
+
+function onError(message) {
+  if (message.code === "unknown_session") {
+    chat.sessionId = chat.ownSessionId;
+    notice("Reconnected, but the server no longer knows our conversation: a new one started.");
+    return;
+  }
+  const answer = chat.answers.get(message.response_id);
+  if (answer && FAILED_ANSWER.has(message.code)) answer.failureShown = true; // said once
+  if (!message.response_id && REFUSED_MESSAGE.has(message.code) && chat.pending.size) {
+    const [id, refused] = chat.pending.entries().next().value;
+    chat.pending.delete(id);
+    refused.status = "refused";
+    renderAnswer(refused);
+  }
+  const text = ERROR_TEXT[message.code] ?? `The server reported an error (${message.code}).`;
+  notice(message.message ? `${text} (${message.message})` : text);
+}
+
+// --- what the user does -------------------------------------------------------------------
+
+function sendMessage() {
+  const text = ui.input.value.trim();
+  if (!text) return;
+  if (!connected()) {
+    setHint("Not connected: your message is kept. Send it again once connected.");
+    return;
+  }
+  setHint("");
+  stopLocalAudio(); // barge-in: the old answer goes quiet at once; the server cancels it
+  addTurn({ role: "user", text });
+  const id = `m${++chat.messages}`;
+  chat.pending.set(id, addAnswer());
+  send({ type: "user.message", text, id });
+  ui.input.value = "";
+  fitInput();
+}
+
+function stopSpeaking() {
+  stopLocalAudio();
+  if (connected()) send({ type: "response.cancel" });
+}
+
+/** Flush the player and make sure nothing more of the answers in flight is played. */
+function stopLocalAudio() {
+  player.flush();
+  chat.audioAnswer = null;
+  for (const answer of [...chat.answers.values(), ...chat.pending.values()]) {
+    if (!answer.status) answer.silenced = true;
+  }
+}
+
+function interruptAnswers() {
+  for (const answer of [...chat.answers.values(), ...chat.pending.values()]) {
+    if (!answer.status) {
+      answer.status = "interrupted";
+      renderAnswer(answer);
+    }
+  }
+  chat.pending.clear();
+}
+
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  sendMessage();
+});
+
+ui.input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+    event.preventDefault(); // Enter sends; Shift+Enter (and an IME's Enter) make a new line
+    sendMessage();
+  }
+});
+ui.input.addEventListener("input", fitInput);
+
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && ui.tokenForm.hidden) {
+    event.preventDefault();
+    stopSpeaking();
+  }
+});
+ui.stop.addEventListener("click", stopSpeaking);
+ui.mute.addEventListener("click", () => {
+  player.setMuted(!player.muted);
+  ui.mute.setAttribute("aria-pressed", String(player.muted));
+  ui.mute.textContent = player.muted ? "Unmute" : "Mute";
+  renderStatus();
+});
+
+// Safari and iOS start audio only from a gesture: the first one creates the context, later ones
+// resume it if it was interrupted.
+for (const type of ["pointerdown", "keydown", "touchend"]) {
+  document.addEventListener(type, () => player.unlock(), { capture: true });
+}
+
+// --- the transcript -----------------------------------------------------------------------
+
+function addTurn(turn) {
+  chat.turns.push(turn);
+  ui.empty.hidden = true;
+  const item = document.createElement("article");
+  item.className = `turn ${turn.role}`;
+  const who = document.createElement("h2");
+  who.className = "who";
+  who.textContent = turn.role === "user" ? "You" : "voicechat";
+  const body = document.createElement("p");
+  body.className = "body";
+  body.textContent = turn.text;
+  item.append(who, body);
+  turn.element = { item, body };
+  appendToTranscript(item);
+  return turn;
+}
+
+function addAnswer() {
+  const answer = addTurn({
+    role: "assistant",
+    responseId: null,
+    text: "",
+    units: {},
+    chunks: 0, // audio chunks handed to the player
+    heard: null,
+    status: "",
+    truncated: null,
+    metrics: null,
+    silenced: false,
+  });
+  const meta = document.createElement("p");
+  meta.className = "meta";
+  answer.element.item.append(meta);
+  answer.element.meta = meta;
+  renderAnswer(answer);
+  return answer;
+}
+
+function renderAnswer(answer) {
+  const { item, body, meta } = answer.element;
+  const span = answer.heard === null ? null : locateUnit(answer.text, answer.units[answer.heard]);
+  if (span) {
+    const mark = document.createElement("mark");
+    mark.textContent = answer.text.slice(span[0], span[1]);
+    body.replaceChildren(answer.text.slice(0, span[0]), mark, answer.text.slice(span[1]));
+  } else {
+    body.textContent = answer.text || "…";
+  }
+  item.classList.toggle("waiting", !answer.text);
+  item.dataset.status = answer.status || "streaming";
+  meta.textContent = answerMeta(answer);
+  keepScrolledDown();
+}
+
+function answerMeta(answer) {
+  const parts = [];
+  if (answer.status && answer.status !== "completed") {
+    parts.push({ cancelled: "stopped", failed: "failed" }[answer.status] ?? answer.status);
+  }
+  if (answer.truncated) parts.push(`cut short (${answer.truncated.replace("max_", "too many ")})`);
+  if (answer.metrics) parts.push(metricsText(answer.metrics));
+  return parts.join(" · ");
+}
+
+function metricsText({ firstTextMs, firstAudioMs, totalMs }) {
+  const first = `first text ${duration(firstTextMs)} · first audio ${duration(firstAudioMs)}`;
+  return `${first} · total ${duration(totalMs)}`;
+}
+
+function duration(ms) {
+  if (ms === null) return "–";
+  return ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
+}
+
+function notice(text) {
+  chat.notices.push(text);
+  ui.empty.hidden = true;
+  const item = document.createElement("p");
+  item.className = "notice";
+  item.textContent = text;
+  appendToTranscript(item);
+}
+
+function appendToTranscript(element) {
+  const atEnd = isScrolledDown();
+  ui.transcript.append(element);
+  if (atEnd) element.scrollIntoView({ block: "end" });
+}
+
+function isScrolledDown() {
+  const { scrollTop, scrollHeight, clientHeight } = ui.transcript;
+  return scrollHeight - scrollTop - clientHeight < 48;
+}
+
+function keepScrolledDown() {
+  if (isScrolledDown()) ui.transcript.scrollTop = ui.transcript.scrollHeight;
+}
+
+/** The unit being heard, from the player's position (not from what has arrived). */
+function followPlayback() {
+  const current = player.stats().current;
+  for (const answer of chat.answers.values()) {
+    const heard = current && current.answer === answer.responseId ? current.segment : null;
+    if (answer.heard !== heard) {
+      answer.heard = heard;
+      renderAnswer(answer);
+    }
+  }
+  renderStatus();
+}
+
+// --- the status line ----------------------------------------------------------------------
+
+function setConnection(state, text) {
+  chat.connection = state;
+  chat.connectionText = text;
+  ui.connection.dataset.state = state;
+  ui.connectionText.textContent = text;
+  renderStatus();
+}
+
+function setHint(text) {
+  ui.hint.textContent = text;
+}
+
+function setBanner(text) {
+  chat.banner = text;
+  ui.banner.textContent = text;
+  ui.banner.hidden = !text;
+}
+
+function renderStatus() {
+  const stats = player.stats();
+  ui.backends.textContent = chat.backends ? `${chat.backends.llm} + ${chat.backends.tts}` : "";
+  const parts = [];
+  if (chat.lastMetrics) parts.push(metricsText(chat.lastMetrics));
+  parts.push(playbackText(stats));
+  const text = parts.join(" · ");
+  if (ui.status.textContent !== text) ui.status.textContent = text;
+}
+
+function playbackText(stats) {
+  if (stats.state === "none") return "sound starts with your first click or key";
+  if (stats.kind === "none") return "sound loading…";
+  let state = stats.queued > 0 ? "playing" : "idle";
+  if (stats.state !== "running") state = "sound paused by the browser: click to resume";
+  if (stats.muted) state = "muted";
+  const note = stats.note ? ` (${stats.note})` : "";
+  return `${state}${note} · ${stats.underruns} underrun${stats.underruns === 1 ? "" : "s"}`;
+}
+
+function fitInput() {
+  ui.input.style.height = "auto"; // CSSOM, which the page's CSP allows
+  ui.input.style.height = `${Math.min(ui.input.scrollHeight, 200)}px`;
+}
+
+// --- the read-only hook for tests and debugging -------------------------------------------
+
+function snapshot() {
+  return structuredClone({
+    connection: {
+      state: chat.connection,
+      text: chat.connectionText,
+      sessionId: chat.sessionId,
+      backends: chat.backends,
+    },
+    banner: chat.banner,
+    turns: chat.turns.map(({ element, ...turn }) => turn),
+    notices: chat.notices,
+    metrics: chat.lastMetrics,
+    ignoredChunks: chat.ignoredChunks,
+    player: player.stats(),
+  });
+}
+
+window.voicechat = Object.freeze({ state: snapshot });
+
+takeTokenFromFragment();
+connect();
+setInterval(followPlayback, FOLLOW_MS);
