@@ -48,6 +48,12 @@ from voicechat.workers import Worker
 
 log = logging.getLogger(__name__)
 
+# One outbound frame: (response_id or None, the encoded frame, final), where final marks a
+# response.done (sent even for a dropped response). A text.delta waits in the queue unencoded,
+# with TEXT_DELTA in place of `final`, so the writer can merge neighbours into one frame.
+TEXT_DELTA: Any = "text.delta"
+Outbound = tuple[str | None, str, Any]
+
 CLOSE_WAIT_S = 5.0  # how long a close may wait for a client that is not reading
 # File descriptors for everything but client connections: worker pipes, the Fish Speech pool
 # (16), SQLite, logs, the listening socket. Added to the caps when sizing the open-file limit.
@@ -415,6 +421,7 @@ class VoiceChatServer:
         else:
             response = connection.respond(HTTPStatus.OK, "")
             response.body = file.body
+            del response.headers["Content-Length"]  # respond() set it for the empty body
             response.headers["Content-Length"] = str(len(file.body))
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = file.content_type
@@ -468,7 +475,7 @@ class Session:
         self.thread_id = self.id  # the conversation; session.resume switches to an older one
         # The id is the key to resume a conversation: logs get only a prefix to correlate lines.
         self.log_id = self.id[:8]
-        self._outbound: asyncio.Queue[tuple[str | None, str, bool]] = asyncio.Queue(
+        self._outbound: asyncio.Queue[Outbound] = asyncio.Queue(
             maxsize=server.config.outbound_frames
         )
         self._dropped: set[str] = set()  # responses whose remaining frames must not be sent
@@ -653,17 +660,23 @@ class Session:
 
     def _emitter(self, response_id: str) -> Emit:
         async def emit(frame: dict[str, Any]) -> None:
-            await self._queue((response_id, protocol.encode(frame), False))
+            if frame["type"] == "text.delta":  # encoded by the writer, merged with its neighbours
+                await self._queue((response_id, frame["text"], TEXT_DELTA))
+            else:
+                await self._queue((response_id, protocol.encode(frame), False))
 
         return emit
 
     async def _send(self, frame: dict[str, Any]) -> None:
         await self._queue((None, protocol.encode(frame), False))
 
-    async def _queue(self, item: tuple[str | None, str, bool]) -> None:
+    async def _queue(self, item: Outbound) -> None:
         """Queue a frame; a client that leaves the queue full too long is disconnected."""
         if self._closer is not None:
             raise SlowClient  # already being disconnected: produce nothing more
+        if not self._outbound.full():  # the usual case, and once per token: no timer needed
+            self._outbound.put_nowait(item)
+            return
         try:
             async with asyncio.timeout(self.server.config.slow_client_timeout_s):
                 await self._outbound.put(item)
@@ -693,13 +706,36 @@ class Session:
         After the connection closes it keeps draining the queue, so producers never block.
         """
         open_ = True
+        held: Outbound | None = None  # taken from the queue while merging text, not sent yet
         while True:
-            response_id, text, final = await self._outbound.get()
+            if held is None:
+                held = await self._outbound.get()
+            (response_id, text, kind), held = held, None
+            if kind is TEXT_DELTA:
+                text, held = self._merge_text_deltas(response_id, text)
+                text = protocol.encode(protocol.text_delta(response_id or "", text))
             try:
-                wanted = final or response_id is None or response_id not in self._dropped
+                wanted = kind is True or response_id is None or response_id not in self._dropped
                 if open_ and wanted:
                     await self.connection.send(text)
             except ConnectionClosed:
                 open_ = False
             finally:
                 self._outbound.task_done()
+
+    def _merge_text_deltas(self, response_id: str | None, text: str) -> tuple[str, Outbound | None]:
+        """The text of this delta and of the deltas of the same answer queued right behind it:
+        one frame instead of several when the client is behind, or tokens came in a burst.
+        Returns the first item that is not one of them, taken from the queue (or None).
+
+        Order is kept: only consecutive deltas merge, and the protocol allows any split of an
+        answer's text into text.delta frames.
+        """
+        parts = [text]
+        while not self._outbound.empty():
+            item = self._outbound.get_nowait()
+            if item[2] is not TEXT_DELTA or item[0] != response_id:
+                return "".join(parts), item
+            parts.append(item[1])
+            self._outbound.task_done()
+        return "".join(parts), None
