@@ -139,6 +139,7 @@ if [ "${1:-}" = "test" ]; then
     pulseaudio-utils    # parec: records that null sink, to hear what the browser client played
     chromium            # the web client's tests drive Debian's Chromium (no browser download)
     nodejs              # `node --test`: the web client's pure JavaScript, tested without a browser
+    nginx               # the load balancer of docs/deployment.md, run by its test (not as a service)
   )
 fi
 

@@ -20,9 +20,14 @@ child of the test process and stays so, and every daemon the tests start is made
 3. The daemon's own children die with it. PostgreSQL's backends and auxiliary processes exit as
    soon as the postmaster is gone (they watch it); pulseaudio and llama_cpp.server start none.
 
-A daemon that broke rule 3 would need a watchdog: a small process holding the read end of a pipe
-whose write end only the test process holds, killing the daemon's process group on EOF. None does,
-so there is none; tests/test_test_daemons.py checks the whole process tree of each daemon.
+A daemon that breaks rule 3 needs a watchdog: nginx's worker processes outlive a killed master and
+go on serving. `spawn_group` starts such a daemon in a process group of its own, led by a small
+watchdog process that holds the read end of a pipe whose write end only the test process holds;
+on end of file (the test process died, however, or `stop` is done with the daemon) the watchdog
+SIGKILLs its whole group, itself included. The group's id is the watchdog's pid, which stays
+taken while the watchdog lives, so the kill can never hit a recycled group. Every other daemon
+keeps rule 3; tests/test_test_daemons.py checks the whole process tree of each, and
+tests/test_nginx.py that of nginx.
 
 One caveat: the kernel ties the death signal to the *thread* that forked, not the process. A
 daemon forked from a worker thread would be killed when that thread ends, in the middle of a
@@ -90,14 +95,72 @@ def stop(
     sig: int = signal.SIGTERM,
     timeout: float = STOP_TIMEOUT_S,
 ) -> None:
-    """Send `sig`, wait up to `timeout` s, then SIGKILL; always reaps the process."""
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Send `sig`, wait up to `timeout` s, then SIGKILL; always reaps the process.
+
+    For a daemon from `spawn_group`, its watchdog then SIGKILLs whatever is left of its group
+    (children that outlived it, say) and is reaped too.
+    """
+    try:
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    finally:
+        guard = _watchdogs.pop(process, None)
+        if guard is not None:
+            _release(*guard)
+
+
+# The watchdog of `spawn_group`: blocks until end of file on stdin, then kills its own group.
+_WATCHDOG = "import os, signal, sys\nsys.stdin.buffer.read()\nos.killpg(0, signal.SIGKILL)\n"
+_watchdogs: dict[subprocess.Popen[Any], tuple[subprocess.Popen[bytes], int]] = {}
+
+
+def spawn_group(
+    args: Sequence[str | os.PathLike[str]], *, user: str | None = None, **popen: Any
+) -> subprocess.Popen[Any]:
+    """`spawn`, for a daemon whose own children outlive it (nginx): they die with this process too.
+
+    The daemon joins the process group of a watchdog started first (see the module's
+    docstring), so nothing it forks can escape, whenever this process dies. The group is not
+    the terminal's foreground group: Ctrl+C reaches the test process, whose teardown stops the
+    daemon. `stop` ends the daemon, then the watchdog. A child forked from this process without
+    exec (multiprocessing's "fork") would hold the pipe too and delay the watchdog until it ends.
+    """
+    if {"process_group", "start_new_session"} & popen.keys():
+        raise TypeError("spawn_group sets the process group itself")
+    read, write = os.pipe()  # not inheritable: only this process holds `write`
+    try:
+        watchdog = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _WATCHDOG],
+            stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+            process_group=0,
+        )  # fmt: skip
+    except BaseException:
+        os.close(write)
+        raise
+    finally:
+        os.close(read)
+    try:
+        process = spawn(args, user=user, process_group=watchdog.pid, **popen)
+    except BaseException:
+        _release(watchdog, write)
+        raise
+    _watchdogs[process] = (watchdog, write)
+    return process
+
+
+def _release(watchdog: subprocess.Popen[bytes], write: int) -> None:
+    """Close the pipe: the watchdog SIGKILLs its group, itself included; reap it."""
+    os.close(write)
+    try:
+        watchdog.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+        watchdog.wait()
 
 
 @contextlib.contextmanager
