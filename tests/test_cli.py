@@ -158,3 +158,17 @@ def test_serve_on_a_port_in_use_says_so_and_exits_1() -> None:
     said = " ".join(result.stderr.split())
     assert f"cannot listen on 127.0.0.1:{port}: port {port} is in use" in said
     assert f"--port {port + 1}" in said and "Traceback" not in said
+
+
+def test_a_token_the_web_page_cannot_send_is_warned_about() -> None:
+    """`serve` stops at once on the port in use, after checking the token."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        bad = voicechat("serve", "--llm", "scripted", "--tts", "tone", "--port", port,
+                        VOICECHAT_TOKEN="slash/and=equals:colon-0123456789")  # fmt: skip
+        good = voicechat("serve", "--llm", "scripted", "--tts", "tone", "--port", port,
+                         VOICECHAT_TOKEN="Url_safe-token.0123456789~")  # fmt: skip
+    assert "a browser cannot send" in bad.stderr
+    assert "a browser cannot send" not in good.stderr

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from voicechat.audio.player import AudioPlayer
     from voicechat.tui.app import VoiceChatApp
 
+# Besides letters and digits, what an HTTP token (a subprotocol name) may hold: the web page
+# sends the server's token as the subprotocol `voicechat.token.<token>`.
+SUBPROTOCOL_PUNCTUATION = frozenset("!#$%&'*+-.^_`|~")
 ENV_NOTE = "Every option is also an environment variable: --max-tokens is VOICECHAT_MAX_TOKENS."
 
 
@@ -371,6 +374,12 @@ def serve(
     )
     if not is_loopback(host) and not token:
         log.warning("serving on %s without a token (--insecure)", host)
+    if token and not all(ch.isalnum() or ch in SUBPROTOCOL_PUNCTUATION for ch in token):
+        log.warning(
+            "the token has characters a browser cannot send as a WebSocket subprotocol: the web "
+            "page cannot use it (clients with an Authorization header can). Use letters, digits "
+            "and -._~ (secrets.token_urlsafe makes such tokens)"
+        )
     try:
         code = _run(_serve_until_signal(options, config))
     except OSError as exc:
