@@ -562,7 +562,7 @@ function playbackText(stats) {
   if (stats.state === "none") return "sound starts with your first click or key";
   if (stats.kind === "none") return "sound loading…";
   let state = stats.queued > 0 ? "playing" : "idle";
-  if (stats.state !== "running") state = "sound paused by the browser: click to resume";
+  if (stats.state !== "running") state = "sound paused by the browser (no output device?): click to resume";
   if (stats.muted) state = "muted";
   const note = stats.note ? ` (${stats.note})` : "";
   return `${state}${note} · ${stats.underruns} underrun${stats.underruns === 1 ? "" : "s"}`;
