@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import sys
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
@@ -197,13 +198,16 @@ def _main(
     """Speak an LLM's answer while the LLM is still writing it."""
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, who: str = "") -> None:
+    """`who` names the process of `serve --workers N` a line comes from ("[worker 1]")."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise typer.BadParameter(
             f"{level!r} is not a log level: debug, info, warning or error", param_hint="--log-level"
         )
-    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=numeric, format=f"%(asctime)s %(levelname)s %(name)s{who}: %(message)s"
+    )
     # The library logs every connection at INFO; our sessions already do, once.
     logging.getLogger("websockets").setLevel(max(numeric, logging.WARNING))
 
@@ -263,6 +267,9 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 def serve(
     host: Annotated[str, _option("--host", "Address to bind.", SERVER, "HOST")] = "127.0.0.1",
     port: Annotated[int, _option("--port", "Port to bind.", SERVER, "PORT")] = 8765,
+    workers: Annotated[
+        str, _option("--workers", "Server processes on the port: N or auto.", SERVER, "N")
+    ] = "1",
     log_level: LogLevel = "info",
     llm: Llm = DEFAULTS.llm,
     tts: Tts = DEFAULTS.tts,
@@ -344,16 +351,49 @@ def serve(
     tone_latency_ms: ToneLatency = 0.0,
     tone_rtf: ToneRtf = 0.0,
 ) -> None:
-    """Run the server: WS /v1/chat/stream, GET /healthz."""
-    _setup_logging(log_level)
+    """Run the server: WS /v1/chat/stream, GET /, GET /healthz."""
+    from voicechat import serve_workers
+
+    role = serve_workers.child_role()
+    _setup_logging(log_level, "" if role is None else f"[worker {role.index}]")
+    try:
+        count = serve_workers.worker_count(workers)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     if problem := exposure_problem(host, token, insecure):
         raise _fail(problem)
     if token and (len(token) < 16 or not token.isascii() or not token.isprintable()):
         raise _fail("--token needs 16 or more printable ASCII characters")
     options = _backend_options(locals())
+    if role is None and count > 1:
+        if port == 0:
+            raise _fail("--workers needs a fixed --port: every process listens on the same one")
+        if memory.startswith("memory"):
+            log.warning(
+                "--workers %d with --memory %s: each process keeps its own conversations, so a "
+                "client that reconnects to another process gets unknown_session; use "
+                "--memory sqlite:PATH or postgres://... to share them",
+                count,
+                memory,
+            )
+        try:
+            code = serve_workers.run(count, host, port)
+        except OSError as exc:
+            raise _fail(_listen_problem(host, port, exc), 1) from None
+        raise typer.Exit(code)
+    if role is not None:  # a child of `serve --workers N`: its share of the server's limits
+        from voicechat.workers.child import die_with_parent
+
+        die_with_parent(int(os.environ["VOICECHAT_SERVE_PARENT"]), signal.SIGTERM)
+        max_connections, max_handshakes = (
+            role.share(max_connections),
+            role.share(max_handshakes),
+        )
     config = ServerConfig(
         host=host,
         port=port,
+        worker_index=None if role is None else role.index,
+        reuse_port=role is not None,
         max_text_chars=max_text_chars,
         max_frame_bytes=max_frame_bytes,
         max_connections=max_connections,
@@ -383,19 +423,25 @@ def serve(
     try:
         code = _run(_serve_until_signal(options, config))
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            reason = (
-                f"port {port} is in use (another voicechat serve? try --port {port + 1}; "
-                f"`voicechat doctor --port {port}` says what listens there)"
-            )
-        else:
-            reason = exc.strerror or str(exc)
-        raise _fail(f"cannot listen on {host}:{port}: {reason}", 1) from None
+        raise _fail(_listen_problem(host, port, exc), 1) from None
     raise typer.Exit(code)
+
+
+def _listen_problem(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        reason = (
+            f"port {port} is in use (another voicechat serve? try --port {port + 1}; "
+            f"`voicechat doctor --port {port}` says what listens there)"
+        )
+    else:
+        reason = exc.strerror or str(exc)
+    return f"cannot listen on {host}:{port}: {reason}"
 
 
 async def _serve_until_signal(options: BackendOptions, config: ServerConfig) -> None:
     import asyncio
+
+    from voicechat import serve_workers
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -408,6 +454,7 @@ async def _serve_until_signal(options: BackendOptions, config: ServerConfig) -> 
         log.info("serving %s (llm=%s, tts=%s)", server.url, server.backend.name, server.tts.name)
         page = server.page_url
         log.info("the web client: open %s in a browser; health at %shealthz", page, page)
+        serve_workers.announce_ready()
         await stop.wait()
         log.info("shutting down: finishing %d answer(s) in flight", server.responses_in_flight())
     log.info("stopped")

@@ -164,14 +164,19 @@ def encode(message: dict[str, Any]) -> str:
 # --- server -> client frames ---------------------------------------------------------------
 
 
-def session_created(session_id: str, llm: str, tts: str) -> dict[str, Any]:
-    return {
+def session_created(
+    session_id: str, llm: str, tts: str, worker: int | None = None
+) -> dict[str, Any]:
+    frame = {
         "type": "session.created",
         "session_id": session_id,
         "protocol": PROTOCOL,
         "llm": llm,
         "tts": tts,
     }
+    if worker is not None:  # `serve --workers N`: which process holds this session
+        frame["worker"] = worker
+    return frame
 
 
 def session_resumed(session_id: str, messages: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import time
 import uuid
 import weakref
@@ -324,6 +325,7 @@ class VoiceChatServer:
             origins=None,  # checked in _route: listed origins and the page's own (origin_allowed)
             select_subprotocol=_select_subprotocol,
             server_header=None,
+            reuse_port=config.reuse_port or None,
         )
 
     async def shutdown(self) -> None:
@@ -352,8 +354,10 @@ class VoiceChatServer:
     def health(self) -> dict[str, Any]:
         workers = {name: worker.health() for name, worker in self.workers.items()}
         ready = all(worker["state"] == "ready" for worker in workers.values())
+        worker = self.config.worker_index
         return {
             "status": "ok" if ready else "degraded",
+            **({} if worker is None else {"worker": {"index": worker, "pid": os.getpid()}}),
             "workers": workers,
             "sessions": len(self.sessions),
             "max_connections": self.max_connections,
@@ -497,7 +501,12 @@ class Session:
         self._writer = writer = asyncio.create_task(self._write())
         try:
             await self._send(
-                protocol.session_created(self.id, self.server.backend.name, self.server.tts.name)
+                protocol.session_created(
+                    self.id,
+                    self.server.backend.name,
+                    self.server.tts.name,
+                    worker=self.server.config.worker_index,
+                )
             )
             while (frame := await self._next_frame()) is not None:
                 await self._receive(frame, time.perf_counter())

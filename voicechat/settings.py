@@ -86,6 +86,9 @@ class ServerConfig:
     shutdown_grace_s: float = 5.0  # time to flush the last frames to each client on shutdown
     token: str | None = None  # when set, every client must present it
     allow_origins: tuple[str, ...] = ()  # browser origins allowed; clients without Origin always
+    # `serve --workers N`: this process is worker `worker_index` of N, all bound to one port.
+    worker_index: int | None = None
+    reuse_port: bool = False  # SO_REUSEPORT: the kernel spreads connections over the workers
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
 
 

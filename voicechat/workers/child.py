@@ -37,11 +37,11 @@ EXIT_FATAL = 3  # the engine could not load or failed its check (a Python error,
 STOP_AT_ENV = "VOICECHAT_WORKER_STOP_AT"
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """On Linux the kernel sends SIGKILL when the server dies; elsewhere stdin EOF does it."""
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """On Linux the kernel sends `sig` when the parent dies; elsewhere stdin EOF does it."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before the line above took effect
         os._exit(0)
 

@@ -1,0 +1,225 @@
+"""`voicechat serve --workers N`: N server processes, each with its own event loop, on one port.
+
+One event loop saturates one core; N processes use N. Each child is a whole `voicechat serve`
+(its own sessions, back ends and embedded engines) bound with SO_REUSEPORT, so the kernel spreads
+new connections over them. This parent only starts, watches and stops them:
+
+- it waits until every child is listening; a child that fails before that (a bad flag, a port in
+  use, an engine that fails its self-check) stops the others and its exit code is the parent's;
+- a child that dies later is logged and started again (after 1 s, doubling to 30 s while it keeps
+  dying young); the others go on serving meanwhile;
+- SIGINT or SIGTERM is passed to every child, which drains as a single server does; the parent
+  exits 0 once they have all stopped. A child never outlives the parent (PR_SET_PDEATHSIG).
+
+Children know they are children from CHILD_ENV ("INDEX/COUNT"), set only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+log = logging.getLogger("voicechat")
+
+CHILD_ENV = "VOICECHAT_SERVE_CHILD"  # "INDEX/COUNT" in a child of `serve --workers N`
+READY_FD_ENV = "VOICECHAT_SERVE_READY_FD"  # the child writes one byte here once it listens
+FIRST_RESTART_S = 1.0
+MAX_RESTART_S = 30.0
+STEADY_S = 60.0  # a child that ran this long died "old": its next restart waits FIRST_RESTART_S
+
+
+@dataclass(frozen=True)
+class ChildRole:
+    """What a child of `serve --workers N` is: its index (0-based) and how many there are."""
+
+    index: int
+    count: int
+
+    def share(self, total: int) -> int:
+        """This child's part of a limit meant for the whole server (--max-connections)."""
+        return max(1, math.ceil(total / self.count))
+
+
+def child_role() -> ChildRole | None:
+    """The role set by the parent, or None in a plain `voicechat serve`."""
+    value = os.environ.get(CHILD_ENV)
+    if not value:
+        return None
+    index, _, count = value.partition("/")
+    return ChildRole(int(index), int(count))
+
+
+def announce_ready() -> None:
+    """Tell the parent this child listens (a no-op outside `serve --workers N`)."""
+    fd = os.environ.get(READY_FD_ENV)
+    if fd:
+        os.write(int(fd), b"1")
+        os.close(int(fd))
+
+
+def worker_count(value: str, cpus: int | None = None) -> int:
+    """`auto` is one per CPU core; otherwise a positive number."""
+    if value == "auto":
+        return max(1, cpus or os.cpu_count() or 1)
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--workers is a number of processes or auto, not {value!r}")
+    return int(value)
+
+
+@dataclass
+class _Child:
+    index: int
+    process: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+    next_delay_s: float = FIRST_RESTART_S
+
+
+class Supervisor:
+    """Starts the children, restarts the ones that die, stops them all on a signal."""
+
+    def __init__(self, argv: list[str], count: int) -> None:
+        self.argv = argv  # the whole `voicechat serve ...` command line, run as is by children
+        self.count = count
+        self.children: dict[int, _Child] = {}  # by index
+        self.stopping = False
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._stop)
+        try:
+            # All at once: each loads its own back ends (seconds, with the embedded models).
+            starting = [self._spawn(index) for index in range(self.count)]
+            for child, ready_pipe in starting:
+                if not self._listening(child, ready_pipe):
+                    self._stop_all()
+                    return child.process.returncode or 1
+            log.info("serving with %d worker processes: %s", self.count, self.pids())
+            return self._watch()
+        finally:
+            self._stop_all()
+
+    def pids(self) -> list[int]:
+        return [self.children[index].process.pid for index in sorted(self.children)]
+
+    def _start(self, index: int) -> tuple[_Child, bool]:
+        """Start child `index` and wait until it listens (True) or exits first (False)."""
+        child, ready_pipe = self._spawn(index)
+        return child, self._listening(child, ready_pipe)
+
+    def _spawn(self, index: int) -> tuple[_Child, int]:
+        """Start child `index`; the read end of the pipe it announces itself on."""
+        read_end, write_end = os.pipe()
+        env = {
+            **os.environ,
+            CHILD_ENV: f"{index}/{self.count}",
+            READY_FD_ENV: str(write_end),
+            "VOICECHAT_SERVE_PARENT": str(os.getpid()),
+        }
+        process = subprocess.Popen(self.argv, env=env, pass_fds=(write_end,))
+        os.close(write_end)
+        previous = self.children.get(index)
+        child = _Child(index, process)
+        if previous is not None:
+            child.next_delay_s = previous.next_delay_s
+        self.children[index] = child
+        return child, read_end
+
+    @staticmethod
+    def _listening(child: _Child, ready_pipe: int) -> bool:
+        """Wait until the child listens (True) or exits before it does (False)."""
+        with os.fdopen(ready_pipe, "rb") as ready:
+            listening = ready.read(1) == b"1"  # EOF: it exited (or closed the pipe) first
+        if not listening:
+            child.process.wait()
+        return listening
+
+    def _watch(self) -> int:
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            index = next((i for i, c in self.children.items() if c.process.pid == pid), None)
+            if index is None:
+                continue
+            child = self.children.pop(index)
+            child.process.returncode = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                continue
+            self._restart(child)
+        return 0
+
+    def _restart(self, dead: _Child) -> None:
+        code = dead.process.returncode
+        how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+        lived = time.monotonic() - dead.started
+        delay = FIRST_RESTART_S if lived >= STEADY_S else dead.next_delay_s
+        log.warning(
+            "worker %d (pid %d) died (%s) after %.0f s; starting it again in %.0f s",
+            dead.index, dead.process.pid, how, lived, delay,
+        )  # fmt: skip
+        deadline = time.monotonic() + delay
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.05)  # a signal cuts the wait short
+        if self.stopping:
+            return
+        self.children[dead.index] = dead  # carries the backoff into _start
+        child, ready = self._start(dead.index)
+        child.next_delay_s = min(MAX_RESTART_S, delay * 2) if lived < STEADY_S else FIRST_RESTART_S
+        if ready:
+            log.info("worker %d is back (pid %d)", child.index, child.process.pid)
+        else:
+            self.children.pop(child.index, None)
+            self._restart(child)
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stopping:
+            log.info("stopping %d worker processes (they finish their answers)", self.count)
+        self.stopping = True
+        for child in self.children.values():
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        for child in list(self.children.values()):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        for child in list(self.children.values()):
+            try:
+                child.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        self.children.clear()
+
+
+def port_taken(host: str, port: int) -> OSError | None:
+    """Why (host, port) cannot be bound by a socket without SO_REUSEPORT, or None.
+
+    SO_REUSEPORT lets any process of the same user join a port: a second `serve --workers N` on
+    the same port would silently share its connections with the first. Probing first, the way
+    a single server binds, refuses that as a single server would.
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            return None
+    except OSError as exc:
+        return exc
+
+
+def run(count: int, host: str, port: int) -> int:
+    """Serve with `count` processes: this process becomes their supervisor."""
+    if problem := port_taken(host, port):
+        raise problem
+    argv = [sys.executable, "-m", "voicechat", *sys.argv[1:]]
+    return Supervisor(argv, count).run()
