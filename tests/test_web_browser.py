@@ -735,3 +735,29 @@ async def test_phone_width_dark_mode_labels_and_the_keyboard(page: Any) -> None:
         await page.keyboard.press("Tab")  # keyboard focus shows a ring
         outline = await page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
         assert outline != "none"
+
+
+# --- the embedded models, once --------------------------------------------------------------
+
+
+async def test_the_embedded_models_answer_in_the_page_and_every_sample_is_played(
+    page: Any,
+) -> None:
+    """The real SmolLM2 and Piper, each in its worker process, as `voicechat serve` runs them."""
+    from voicechat.config import open_backends
+    from voicechat.settings import BackendOptions
+
+    async with AsyncExitStack() as stack:
+        backends = await open_backends(BackendOptions(max_tokens=48), stack)
+        async with running_server(backends.chat, backends.tts) as server:
+            await open_chat(page, server.page_url)
+            await send(page, "Tell me about the moon.")
+            answer = await answer_done(page, 1)
+            s = await state(page)
+
+    assert s["connection"]["backends"]["tts"] == "piper"
+    assert s["connection"]["backends"]["llm"].startswith("local:")
+    assert answer["status"] in ("completed", "truncated") and answer["text"].strip()
+    counts = s["player"]["answers"][answer["responseId"]]
+    assert counts["sent"] > 22050 // 2  # at least half a second of real speech
+    assert counts["sent"] == counts["received"] == counts["played"] and counts["dropped"] == 0
