@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from voicechat.client.connection import ChatConnection, ConnectionLost
+from voicechat.client.connection import ChatConnection, ConnectionLost, ServerUnavailable
 
 from .conftest import WAIT_S
 from .process_guard import spawn, stop
@@ -239,3 +239,30 @@ def test_workers_need_a_fixed_port() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "needs a fixed --port" in result.stderr
+
+
+async def test_max_connections_holds_for_all_workers_together(memory_file: str) -> None:
+    """The kernel spreads by hash, not by load: a share per process would refuse clients while
+    another process has room, so the processes count their sessions together."""
+    port = _free_port()
+    process = serve(port, "--memory", memory_file, "--max-connections", "6")
+    try:
+        await until_listening(port, process)
+        conns = [await ChatConnection(url(port)).__aenter__() for _ in range(6)]
+        with pytest.raises(ServerUnavailable, match="the server is full"):
+            for _ in range(8):  # whichever process the kernel picks, the server is full
+                extra = await ChatConnection(url(port)).__aenter__()
+                conns.append(extra)
+        assert len(conns) == 6
+        await conns.pop().__aexit__(None, None, None)
+        for _ in range(int(WAIT_S / 0.05)):  # until the closing session is counted out
+            try:
+                conns.append(await ChatConnection(url(port)).__aenter__())
+                break
+            except ServerUnavailable:
+                await asyncio.sleep(0.05)
+        assert len(conns) == 6  # a place freed on any process is a place for anyone
+        for conn in conns:
+            await conn.__aexit__(None, None, None)
+    finally:
+        stop(process)

@@ -225,14 +225,16 @@ def _backend_options(flags: dict[str, Any]) -> BackendOptions:
 
 
 @asynccontextmanager
-async def running_server(options: BackendOptions, config: ServerConfig) -> Any:
-    """Load the back ends (before accepting anyone), serve, and release everything after."""
+async def running_server(options: BackendOptions, config: ServerConfig, tally: Any = None) -> Any:
+    """Load the back ends (before accepting anyone), serve, and release everything after.
+
+    `tally`: the session count shared by the processes of `serve --workers N`."""
     from voicechat.config import open_backends
     from voicechat.server import VoiceChatServer
 
     async with AsyncExitStack() as stack:
         backends = await open_backends(options, stack)
-        server = VoiceChatServer(backends.chat, backends.tts, config, backends.workers)
+        server = VoiceChatServer(backends.chat, backends.tts, config, backends.workers, tally)
         await server.start()
         try:
             yield server
@@ -385,10 +387,7 @@ def serve(
         from voicechat.workers.child import die_with_parent
 
         die_with_parent(int(os.environ["VOICECHAT_SERVE_PARENT"]), signal.SIGTERM)
-        max_connections, max_handshakes = (
-            role.share(max_connections),
-            role.share(max_handshakes),
-        )
+        max_handshakes = role.share(max_handshakes)  # per process: a file-descriptor guard
     config = ServerConfig(
         host=host,
         port=port,
@@ -450,7 +449,9 @@ async def _serve_until_signal(options: BackendOptions, config: ServerConfig) -> 
     log.info(
         "loading back ends: llm=%s, tts=%s, memory=%s", options.llm, options.tts, options.memory
     )
-    async with running_server(options, config) as server:
+    role = serve_workers.child_role()
+    tally = None if role is None else serve_workers.session_tally(role)
+    async with running_server(options, config, tally) as server:
         log.info("serving %s (llm=%s, tts=%s)", server.url, server.backend.name, server.tts.name)
         page = server.page_url
         log.info("the web client: open %s in a browser; health at %shealthz", page, page)

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from types import FrameType
@@ -30,6 +33,7 @@ from types import FrameType
 log = logging.getLogger("voicechat")
 
 CHILD_ENV = "VOICECHAT_SERVE_CHILD"  # "INDEX/COUNT" in a child of `serve --workers N`
+TALLY_ENV = "VOICECHAT_SERVE_TALLY"  # the file where the children count their sessions
 READY_FD_ENV = "VOICECHAT_SERVE_READY_FD"  # the child writes one byte here once it listens
 FIRST_RESTART_S = 1.0
 MAX_RESTART_S = 30.0
@@ -44,8 +48,40 @@ class ChildRole:
     count: int
 
     def share(self, total: int) -> int:
-        """This child's part of a limit meant for the whole server (--max-connections)."""
+        """This child's part of a limit meant for the whole server (--max-handshakes)."""
         return max(1, math.ceil(total / self.count))
+
+
+class SessionTally:
+    """Open sessions of every process of `serve --workers N`, so --max-connections holds for the
+    whole server: the kernel spreads connections by hash, not by load, so a fixed share per
+    process would turn clients away from a full one while another has room.
+
+    A small shared file, one 8-byte slot per process: each process writes only its own slot and
+    reads them all, so no lock is needed. Two processes admitting at the same instant can each
+    see the last free place: the total can pass the cap by at most N-1, for a moment.
+    """
+
+    SLOT = struct.Struct("<q")
+
+    def __init__(self, path: str, index: int, count: int) -> None:
+        self.index = index
+        with open(path, "r+b") as file:
+            self._map = mmap.mmap(file.fileno(), self.SLOT.size * count)
+        self.count = count
+
+    def set_own(self, sessions: int) -> None:
+        self.SLOT.pack_into(self._map, self.index * self.SLOT.size, sessions)
+
+    def total(self) -> int:
+        return sum(
+            self.SLOT.unpack_from(self._map, slot * self.SLOT.size)[0] for slot in range(self.count)
+        )
+
+
+def session_tally(role: ChildRole) -> SessionTally | None:
+    path = os.environ.get(TALLY_ENV)
+    return SessionTally(path, role.index, role.count) if path else None
 
 
 def child_role() -> ChildRole | None:
@@ -85,9 +121,10 @@ class _Child:
 class Supervisor:
     """Starts the children, restarts the ones that die, stops them all on a signal."""
 
-    def __init__(self, argv: list[str], count: int) -> None:
+    def __init__(self, argv: list[str], count: int, tally_path: str) -> None:
         self.argv = argv  # the whole `voicechat serve ...` command line, run as is by children
         self.count = count
+        self.tally_path = tally_path
         self.children: dict[int, _Child] = {}  # by index
         self.stopping = False
 
@@ -120,6 +157,7 @@ class Supervisor:
         env = {
             **os.environ,
             CHILD_ENV: f"{index}/{self.count}",
+            TALLY_ENV: self.tally_path,
             READY_FD_ENV: str(write_end),
             "VOICECHAT_SERVE_PARENT": str(os.getpid()),
         }
@@ -222,4 +260,9 @@ def run(count: int, host: str, port: int) -> int:
     if problem := port_taken(host, port):
         raise problem
     argv = [sys.executable, "-m", "voicechat", *sys.argv[1:]]
-    return Supervisor(argv, count).run()
+    # In /dev/shm where there is one: memory, never written back to a disk.
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.NamedTemporaryFile(prefix="voicechat-sessions-", dir=shm) as tally:
+        tally.write(bytes(SessionTally.SLOT.size * count))
+        tally.flush()
+        return Supervisor(argv, count, tally.name).run()

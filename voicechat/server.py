@@ -42,6 +42,7 @@ from voicechat.pipeline import (
     ClientGone,
     Emit,
 )
+from voicechat.serve_workers import SessionTally
 from voicechat.settings import ServerConfig
 from voicechat.tts.base import TTSEngine
 from voicechat.web import load_static_files, security_headers
@@ -199,8 +200,10 @@ class VoiceChatServer:
         tts: TTSEngine,
         config: ServerConfig,
         workers: Mapping[str, Worker] | None = None,
+        tally: SessionTally | None = None,
     ) -> None:
         self.backend = backend
+        self.tally = tally  # `serve --workers N`: the sessions of every process, for the cap
         self.tts = tts
         self.config = config
         self.workers = dict(workers or {})  # the engines' worker processes, for /healthz
@@ -384,7 +387,8 @@ class VoiceChatServer:
                     HTTPStatus.FORBIDDEN,
                     f"origin {origin} is not allowed; serve with --allow-origin {origin}\n",
                 )
-            if len(self.sessions) >= self.max_connections:
+            open_sessions = len(self.sessions) if self.tally is None else self.tally.total()
+            if open_sessions >= self.max_connections:
                 self.refused["full"] += 1
                 self._full_notice.refused(self.max_connections)
                 return connection.respond(
@@ -448,12 +452,16 @@ class VoiceChatServer:
             return
         session = Session(self, connection)
         self.sessions.add(session)
+        if self.tally is not None:
+            self.tally.set_own(len(self.sessions))
         self._idle.clear()
         log.info("session %s… opened from %s", session.log_id, connection.remote_address)
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
+            if self.tally is not None:
+                self.tally.set_own(len(self.sessions))
             log.info("session %s… closed", session.log_id)
             self.update_idle()
 
