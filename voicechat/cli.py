@@ -383,11 +383,10 @@ def serve(
         except OSError as exc:
             raise _fail(_listen_problem(host, port, exc), 1) from None
         raise typer.Exit(code)
-    if role is not None:  # a child of `serve --workers N`: its share of the server's limits
+    if role is not None:  # a child of `serve --workers N`: it drains if the supervisor dies
         from voicechat.workers.child import die_with_parent
 
         die_with_parent(int(os.environ["VOICECHAT_SERVE_PARENT"]), signal.SIGTERM)
-        max_handshakes = role.share(max_handshakes)  # per process: a file-descriptor guard
     config = ServerConfig(
         host=host,
         port=port,

@@ -17,7 +17,6 @@ Children know they are children from CHILD_ENV ("INDEX/COUNT"), set only here.
 from __future__ import annotations
 
 import logging
-import math
 import mmap
 import os
 import signal
@@ -46,10 +45,6 @@ class ChildRole:
 
     index: int
     count: int
-
-    def share(self, total: int) -> int:
-        """This child's part of a limit meant for the whole server (--max-handshakes)."""
-        return max(1, math.ceil(total / self.count))
 
 
 class SessionTally:
