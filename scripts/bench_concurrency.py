@@ -181,7 +181,7 @@ class Variant:
 def answer_script(args: argparse.Namespace) -> list[dict[str, Any]]:
     script = make_script(args.first_token_ms, args.tokens_per_s)
     ends = [i for i, item in enumerate(script) if item["text"].endswith(".")]
-    return script[: ends[ANSWER_SENTENCES - 1] + 1]
+    return script[: ends[min(args.sentences, len(ends)) - 1] + 1]
 
 
 def split_script(script: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -710,6 +710,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--first-token-ms", type=float, default=200.0)
     parser.add_argument("--tokens-per-s", type=float, default=30.0)
     parser.add_argument("--tts-latency-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--sentences",
+        type=int,
+        default=ANSWER_SENTENCES,
+        help="answer length (up to the whole script: longer answers make --marginal less noisy)",
+    )
     parser.add_argument("--split-tokens", action="store_true", help="every token in two halves")
     parser.add_argument("--marginal", action="store_true", help="each level normal, then split")
     parser.add_argument("--production", action="store_true", help="openai + fish stand-ins")
