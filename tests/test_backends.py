@@ -27,6 +27,7 @@ import pytest
 from voicechat.audio.wav import decode_wav
 from voicechat.client.connection import ChatConnection
 from voicechat.config import ConfigError, open_backends
+from voicechat.llm.memory import open_checkpointer
 from voicechat.server import VoiceChatServer
 from voicechat.settings import BackendOptions, ServerConfig
 from voicechat.workers.embedded import default_model_path
@@ -291,3 +292,23 @@ async def test_two_servers_share_conversations_through_postgres(postgres_url: st
                 assert (await conn.next_event())["type"] == "session.resumed"
             events = await collect_answer(conn, "what colour?")
     assert events[-1]["text"].endswith("you said: blue is my colour.")
+
+
+async def test_servers_starting_together_on_a_new_database_all_come_up(postgres_url: str) -> None:
+    """Every server creates the checkpointer's tables at start-up; several at the same instant
+    on an empty database used to collide (a duplicate key in LangGraph's migration table)."""
+    import uuid
+
+    import psycopg
+
+    database = f"fresh_{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:
+        await admin.execute(f"CREATE DATABASE {database}")
+    url = postgres_url.rsplit("/", 1)[0] + f"/{database}"
+
+    async def open_one() -> None:
+        async with AsyncExitStack() as stack:
+            await open_checkpointer(url, stack)
+
+    results = await asyncio.gather(*(open_one() for _ in range(6)), return_exceptions=True)
+    assert [r for r in results if r is not None] == []

@@ -8,6 +8,7 @@ a load balancer can share.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from contextlib import AsyncExitStack
 from typing import Any
@@ -48,6 +49,27 @@ class BoundedMemorySaver(InMemorySaver):
         return len(self._recent)
 
 
+SETUP_ATTEMPTS = 5
+
+
+async def _set_up_postgres(saver: Any) -> None:
+    """Create the checkpointer's tables if missing. LangGraph's setup() is idempotent but not
+    safe to run twice at the same instant: servers starting together on a new database collide
+    on a duplicate key or name. The loser runs it again: by then the tables are there (or
+    further along), and setup() goes on from the migration it finds."""
+    import psycopg
+
+    for attempt in range(1, SETUP_ATTEMPTS + 1):
+        try:
+            await saver.setup()
+            return
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject,
+                psycopg.errors.DuplicateTable):  # fmt: skip
+            if attempt == SETUP_ATTEMPTS:
+                raise
+            await asyncio.sleep(0.1 * attempt)
+
+
 async def open_checkpointer(spec: str, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
     """Open the checkpointer named by `spec`; `stack` closes it on shutdown."""
     if spec == "memory" or spec.startswith("memory:"):
@@ -69,7 +91,7 @@ async def open_checkpointer(spec: str, stack: AsyncExitStack) -> BaseCheckpointS
 
         try:
             saver = await stack.enter_async_context(AsyncPostgresSaver.from_conn_string(spec))
-            await saver.setup()
+            await _set_up_postgres(saver)
         except Exception as exc:  # psycopg's OperationalError and friends
             raise MemoryConfigError(f"cannot use PostgreSQL memory: {exc}") from None
         return saver
