@@ -743,28 +743,21 @@ def check_port(host: str, port: int) -> Check:
     name = f"port {port}"
     if not 0 <= port <= 65535:
         return Check(name, "fail", f"{port} is not a TCP port", "use --port 1024-65535, e.g. 8765")
+    from voicechat.serve_workers import port_taken
+
     try:
-        addresses = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except (socket.gaierror, UnicodeError) as exc:
+        problem = port_taken(host, port)
+    except UnicodeError as exc:  # a host name IDNA cannot encode
+        problem = socket.gaierror(str(exc))
+    if isinstance(problem, socket.gaierror):
         return Check(
             name,
             "fail",
-            f"cannot resolve the host {host!r}: {getattr(exc, 'strerror', None) or exc}",
+            f"cannot resolve the host {host!r}: {problem.strerror or problem}",
             "check --host (127.0.0.1 for this machine only, 0.0.0.0 for every interface)",
         )
-    for family, kind, proto, _, address in dict.fromkeys(addresses):
-        with socket.socket(family, kind, proto) as sock:
-            # As asyncio's server does: SO_REUSEADDR (a TIME_WAIT leftover is no conflict).
-            if os.name == "posix":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                return _port_problem(name, host, port, exc)
+    if problem is not None:
+        return _port_problem(name, host, port, problem)
     return Check(name, "ok", f"free: `voicechat serve` can listen on {_netloc(host, port)}")
 
 

@@ -158,10 +158,7 @@ class Supervisor:
         }
         process = subprocess.Popen(self.argv, env=env, pass_fds=(write_end,))
         os.close(write_end)
-        previous = self.children.get(index)
         child = _Child(index, process)
-        if previous is not None:
-            child.next_delay_s = previous.next_delay_s
         self.children[index] = child
         return child, read_end
 
@@ -204,7 +201,6 @@ class Supervisor:
             time.sleep(0.05)  # a signal cuts the wait short
         if self.stopping:
             return
-        self.children[dead.index] = dead  # carries the backoff into _start
         child, ready = self._start(dead.index)
         child.next_delay_s = min(MAX_RESTART_S, delay * 2) if lived < STEADY_S else FIRST_RESTART_S
         if ready:
@@ -216,16 +212,17 @@ class Supervisor:
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         if not self.stopping:
             log.info("stopping %d worker processes (they finish their answers)", self.count)
-        self.stopping = True
-        for child in self.children.values():
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
+        self._terminate_all()
 
-    def _stop_all(self) -> None:
+    def _terminate_all(self) -> None:
+        """SIGTERM to every child still running: each drains as a single server does."""
         self.stopping = True
         for child in list(self.children.values()):
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
+
+    def _stop_all(self) -> None:
+        self._terminate_all()
         for child in list(self.children.values()):
             try:
                 child.process.wait(timeout=30)
@@ -236,18 +233,31 @@ class Supervisor:
 
 
 def port_taken(host: str, port: int) -> OSError | None:
-    """Why (host, port) cannot be bound by a socket without SO_REUSEPORT, or None.
+    """Why `voicechat serve` could not bind (host, port) without SO_REUSEPORT, or None.
 
-    SO_REUSEPORT lets any process of the same user join a port: a second `serve --workers N` on
-    the same port would silently share its connections with the first. Probing first, the way
-    a single server binds, refuses that as a single server would.
+    Binds what the server would, as asyncio's server does: every address the host resolves to,
+    with SO_REUSEADDR (a TIME_WAIT leftover is no conflict), IPv6 sockets IPv6-only. A failure
+    to resolve the host is a socket.gaierror. Used by `voicechat doctor`, and before
+    `serve --workers N`: SO_REUSEPORT lets any process of the same user join a port, so a second
+    such server would otherwise share the first one's connections silently.
     """
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.create_server((host, port), family=family):
-            return None
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except OSError as exc:
         return exc
+    for family, kind, proto, _, address in dict.fromkeys(addresses):
+        with socket.socket(family, kind, proto) as sock:
+            if os.name == "posix":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                return exc
+    return None
 
 
 def run(count: int, host: str, port: int) -> int:
