@@ -103,11 +103,7 @@ def stop(
     try:
         if process.poll() is None:
             process.send_signal(sig)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _reap(process, timeout)
     finally:
         guard = _watchdogs.pop(process, None)
         if guard is not None:
@@ -156,11 +152,16 @@ def spawn_group(
 def _release(watchdog: subprocess.Popen[bytes], write: int) -> None:
     """Close the pipe: the watchdog SIGKILLs its group, itself included; reap it."""
     os.close(write)
+    _reap(watchdog, STOP_TIMEOUT_S)
+
+
+def _reap(process: subprocess.Popen[Any], timeout: float) -> None:
+    """Wait up to `timeout` s for a process told to stop, then SIGKILL it; always reaps it."""
     try:
-        watchdog.wait(timeout=STOP_TIMEOUT_S)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        watchdog.kill()
-        watchdog.wait()
+        process.kill()
+        process.wait()
 
 
 @contextlib.contextmanager
