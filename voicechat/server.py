@@ -50,11 +50,11 @@ from voicechat.workers import Worker
 
 log = logging.getLogger(__name__)
 
-# One outbound frame: (response_id or None, the encoded frame, final), where final marks a
-# response.done (sent even for a dropped response). A text.delta waits in the queue unencoded,
-# with TEXT_DELTA in place of `final`, so the writer can merge neighbours into one frame.
-TEXT_DELTA: Any = "text.delta"
-Outbound = tuple[str | None, str, Any]
+# One outbound frame: (response_id or None, its text, kind). FRAME: an encoded frame, dropped
+# if its response was cancelled; FINAL: a response.done, sent even then; TEXT_DELTA: the text of
+# a text.delta, unencoded, so the writer can merge neighbours into one frame.
+FRAME, FINAL, TEXT_DELTA = "frame", "final", "text.delta"
+Outbound = tuple[str | None, str, str]
 
 CLOSE_WAIT_S = 5.0  # how long a close may wait for a client that is not reading
 # File descriptors for everything but client connections: worker pipes, the Fish Speech pool
@@ -672,7 +672,7 @@ class Session:
             await self._finish(answer, CANCELLED)
 
     async def _finish(self, answer: Answer, status: str) -> None:
-        await self._queue((answer.response_id, protocol.encode(answer.done_frame(status)), True))
+        await self._queue((answer.response_id, protocol.encode(answer.done_frame(status)), FINAL))
         answer.done_sent = True
 
     def _emitter(self, response_id: str) -> Emit:
@@ -680,12 +680,12 @@ class Session:
             if frame["type"] == "text.delta":  # encoded by the writer, merged with its neighbours
                 await self._queue((response_id, frame["text"], TEXT_DELTA))
             else:
-                await self._queue((response_id, protocol.encode(frame), False))
+                await self._queue((response_id, protocol.encode(frame), FRAME))
 
         return emit
 
     async def _send(self, frame: dict[str, Any]) -> None:
-        await self._queue((None, protocol.encode(frame), False))
+        await self._queue((None, protocol.encode(frame), FRAME))
 
     async def _queue(self, item: Outbound) -> None:
         """Queue a frame; a client that leaves the queue full too long is disconnected."""
@@ -728,11 +728,11 @@ class Session:
             if held is None:
                 held = await self._outbound.get()
             (response_id, text, kind), held = held, None
-            if kind is TEXT_DELTA:
+            if kind == TEXT_DELTA:
                 text, held = self._merge_text_deltas(response_id, text)
                 text = protocol.encode(protocol.text_delta(response_id or "", text))
             try:
-                wanted = kind is True or response_id is None or response_id not in self._dropped
+                wanted = kind == FINAL or response_id is None or response_id not in self._dropped
                 if open_ and wanted:
                     await self.connection.send(text)
             except ConnectionClosed:
@@ -751,7 +751,7 @@ class Session:
         parts = [text]
         while not self._outbound.empty():
             item = self._outbound.get_nowait()
-            if item[2] is not TEXT_DELTA or item[0] != response_id:
+            if item[2] != TEXT_DELTA or item[0] != response_id:
                 return "".join(parts), item
             parts.append(item[1])
             self._outbound.task_done()
