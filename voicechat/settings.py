@@ -43,6 +43,12 @@ class BackendOptions:
     fish_reference_id: str | None = None
     fish_streaming: bool = True
     fish_timeout_s: float = 30.0
+    # Speech input: whisper (embedded, offline), openai (an /v1/audio/transcriptions server), none.
+    stt: str = "whisper"
+    stt_model: str = "tiny.en"  # or "base" (multilingual)
+    stt_language: str | None = None  # None: "en" for tiny.en, detected for base
+    stt_url: str | None = None  # --stt openai: the server's base URL (…/v1)
+    stt_openai_model: str = "whisper-1"
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,18 @@ class PipelineSettings:
     # "start" (the message arrived), "delta", "unit" (cut), "tts_start", "tts_end", "audio"
     # (a chunk queued for the client).
     trace: Callable[[str, float, dict[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
+class InputAudioSettings:
+    """Speech input: turn detection, barge-in and the limits on audio a client may send."""
+
+    silence_ms: int = 600  # silence that ends a turn (server_vad)
+    barge_in_ms: int = 500  # speech over a playing answer must last this long to interrupt it
+    echo_guard: bool = True  # ignore "speech" that is the answer's own words coming back
+    max_turn_audio_s: float = 60.0  # a longer turn ends there
+    burst_s: float = 5.0  # audio a client may send ahead of real time…
+    speed: float = 2.0  # …then at most this many times real time on average
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,7 @@ class ServerConfig:
     worker_index: int | None = None
     reuse_port: bool = False  # SO_REUSEPORT: the kernel spreads connections over the workers
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    input_audio: InputAudioSettings = field(default_factory=InputAudioSettings)
 
 
 def is_loopback(host: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -88,6 +89,28 @@ class ChatConnection:
 
     async def cancel(self) -> None:
         await self.send({"type": "response.cancel"})
+
+    async def append_audio(self, pcm16: bytes) -> None:
+        """Microphone audio: PCM16 little-endian mono 16 kHz, at most 1 s per call."""
+        audio = base64.b64encode(pcm16).decode("ascii")
+        await self.send({"type": "input_audio.append", "audio": audio})
+
+    async def commit_audio(self) -> None:
+        """The user finished speaking (push-to-talk, or the end of a recorded file)."""
+        await self.send({"type": "input_audio.commit"})
+
+    async def clear_audio(self) -> None:
+        await self.send({"type": "input_audio.clear"})
+
+    async def update_session(self, **fields: Any) -> None:
+        """`session.update`: turn_mode, silence_ms, barge_in_ms, echo_guard, language."""
+        await self.send({"type": "session.update", **fields})
+
+    async def truncate_response(self, response_id: str, audio_end_ms: int) -> None:
+        """Tell the server how much of an answer's audio was heard before playback stopped."""
+        await self.send(
+            {"type": "response.truncate", "response_id": response_id, "audio_end_ms": audio_end_ms}
+        )
 
     async def next_event(self) -> dict[str, Any]:
         try:
