@@ -28,6 +28,8 @@ ENGINES = {
     "llm": "voicechat.engines.llama:LlamaEngine",
     "piper": "voicechat.engines.piper:PiperEngine",
     "espeak": "voicechat.engines.espeak:EspeakEngine",
+    "whisper": "voicechat.engines.whisper:WhisperEngine",
+    "vad": "voicechat.engines.silero:SileroEngine",
 }
 
 _PR_SET_PDEATHSIG = 1

@@ -72,3 +72,18 @@ def piper_worker(
 def espeak_worker() -> Worker:
     """espeak-ng, for the Korean, Japanese and Chinese units Piper's English voice cannot say."""
     return Worker("espeak", {}, label="espeak-ng")
+
+
+def whisper_worker(model: str, language: str | None) -> Worker:
+    """Speech recognition (faster-whisper, CTranslate2 int8): one finished turn at a time."""
+    return Worker(
+        "whisper",
+        {"model": model, "language": language},
+        label=f"the Whisper {model} recognizer",
+        sigill_hint="CTranslate2's wheel does not support this CPU",
+    )
+
+
+def vad_worker() -> Worker:
+    """Silero VAD on onnxruntime: every session's voice-activity detection."""
+    return Worker("vad", {}, label="the Silero VAD", sigill_hint=ONNX_SIGILL_HINT)
