@@ -106,8 +106,12 @@ async def running_server(
     backend: ChatBackend, tts: TTSEngine | None = None, **config: Any
 ) -> AsyncIterator[VoiceChatServer]:
     pipeline = PipelineSettings(**config.pop("pipeline", {}))
+    speech = config.pop("speech", None)  # a SpeechInput (tests/speech_server.py), or None
     server = VoiceChatServer(
-        backend, tts or ToneTTS(), ServerConfig(**{"port": 0, **config}, pipeline=pipeline)
+        backend,
+        tts or ToneTTS(),
+        ServerConfig(**{"port": 0, **config}, pipeline=pipeline),
+        speech=speech,
     )
     await server.start()
     try:

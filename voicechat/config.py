@@ -11,16 +11,24 @@ from dataclasses import dataclass, field
 from voicechat.llm import ChatBackend, LLMConfigError, LLMSettings, build_backend, local_model_path
 from voicechat.llm.memory import MemoryConfigError, open_checkpointer
 from voicechat.settings import BackendOptions
+from voicechat.speech import SpeechInput
 from voicechat.tts.base import TTSEngine
 from voicechat.tts.fish import FishSpeechTTS
 from voicechat.tts.tone import ToneTTS
 from voicechat.tts.worker_voice import WorkerVoice
 from voicechat.workers import Worker, WorkerStartError
-from voicechat.workers.embedded import espeak_worker, llm_worker, piper_worker
+from voicechat.workers.embedded import (
+    espeak_worker,
+    llm_worker,
+    piper_worker,
+    vad_worker,
+    whisper_worker,
+)
 
 log = logging.getLogger(__name__)
 
 TTS_CHOICES = ("piper", "fish", "tone")
+STT_CHOICES = ("whisper", "openai", "none")
 
 
 class ConfigError(ValueError):
@@ -74,6 +82,60 @@ def _embedded_voice(workers: dict[str, Worker]) -> TTSEngine:
     return ScriptRouter(piper, others)
 
 
+def _speech_workers(options: BackendOptions) -> dict[str, Worker]:
+    """Silero VAD whenever speech input is on; Whisper for --stt whisper."""
+    from voicechat.speech.models import (
+        WHISPER_MODELS,
+        ModelFileError,
+        default_language,
+        whisper_parts,
+    )
+
+    if options.stt not in STT_CHOICES:
+        raise ConfigError(f"unknown --stt {options.stt!r}; choose one of: {', '.join(STT_CHOICES)}")
+    if options.stt == "none":
+        return {}
+    workers = {"vad": vad_worker()}
+    if options.stt == "openai":
+        if not options.stt_url:
+            raise ConfigError("--stt openai needs --stt-url (the server's base URL, e.g. …/v1)")
+        return workers
+    if options.stt_model not in WHISPER_MODELS:
+        raise ConfigError(
+            f"unknown --stt-model {options.stt_model!r}; choose one of: {', '.join(WHISPER_MODELS)}"
+        )
+    spec = WHISPER_MODELS[options.stt_model]
+    if spec.english_only and options.stt_language not in (None, "en"):
+        raise ConfigError(
+            f"--stt-model {options.stt_model} knows only English; for "
+            f"--stt-language {options.stt_language} use --stt-model base"
+        )
+    try:
+        whisper_parts(options.stt_model)  # a missing package: a usage error now, not a crash
+    except ModelFileError as exc:
+        raise ConfigError(str(exc)) from None
+    language = options.stt_language or default_language(options.stt_model)
+    workers["whisper"] = whisper_worker(options.stt_model, language)
+    return workers
+
+
+def _speech_input(options: BackendOptions, workers: dict[str, Worker]) -> SpeechInput | None:
+    from voicechat.speech.models import default_language
+    from voicechat.speech.stt import OpenAISTT, SpeechToText, WhisperSTT
+    from voicechat.speech.vad import SileroVAD
+
+    if "vad" not in workers:
+        return None
+    stt: SpeechToText
+    if options.stt == "openai":
+        assert options.stt_url is not None
+        stt = OpenAISTT(options.stt_url, options.stt_openai_model)
+        return SpeechInput(SileroVAD(workers["vad"]), stt, options.stt_language)
+    stt = WhisperSTT(workers["whisper"], options.stt_model)
+    language = options.stt_language or default_language(options.stt_model)
+    return SpeechInput(SileroVAD(workers["vad"]), stt, language)
+
+
 def llm_settings(options: BackendOptions) -> LLMSettings:
     return LLMSettings(
         spec=options.llm,
@@ -92,6 +154,7 @@ class Backends:
     chat: ChatBackend
     tts: TTSEngine
     workers: dict[str, Worker] = field(default_factory=dict)
+    speech: SpeechInput | None = None  # None: speech input off (--stt none)
 
 
 async def open_backends(options: BackendOptions, stack: AsyncExitStack) -> Backends:
@@ -110,6 +173,7 @@ async def open_backends(options: BackendOptions, stack: AsyncExitStack) -> Backe
             workers["llm"] = llm_worker(local_model_path(settings))
         if options.tts == "piper":
             workers.update(_voice_workers(options))
+        workers.update(_speech_workers(options))
         for worker in workers.values():
             stack.push_async_callback(worker.aclose)
         await _start_workers(workers)
@@ -118,7 +182,10 @@ async def open_backends(options: BackendOptions, stack: AsyncExitStack) -> Backe
     except (LLMConfigError, MemoryConfigError) as exc:
         raise ConfigError(str(exc)) from None
     tts = _embedded_voice(workers) if options.tts == "piper" else build_tts(options)
-    return Backends(backend, tts, workers)
+    speech = _speech_input(options, workers)
+    if speech is not None:
+        stack.push_async_callback(speech.stt.aclose)
+    return Backends(backend, tts, workers, speech)
 
 
 async def _start_workers(workers: dict[str, Worker]) -> None:

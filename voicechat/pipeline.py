@@ -107,6 +107,8 @@ class Answer:
         self._tts_slots = asyncio.Semaphore(max(1, settings.tts_concurrency))
         self._tts_tasks: list[asyncio.Task[None]] = []
         self.truncated: str | None = None  # which limit ended the answer early, if one did
+        # (audio start in ms, text) of each unit sent: what response.truncate maps time onto.
+        self.unit_starts: list[tuple[float, str]] = []
         # Its own id, so that after a cancel we can tell whether the graph stored it already.
         self.user_message = HumanMessage(user_text, id=f"user-{response_id}")
 
@@ -247,6 +249,8 @@ class Answer:
     async def _send_audio(self, unit: _Unit, pcm: Pcm, first: bool) -> None:
         if self.first_audio_at is None:
             self.first_audio_at = time.perf_counter()
+        if first:
+            self.unit_starts.append((self.audio_ms, unit.text))
         self.audio_ms += 1000 * pcm.samples / pcm.sample_rate
         frame = protocol.audio_chunk(
             self.response_id,
@@ -301,6 +305,27 @@ class Answer:
             await self.graph.aupdate_state(self.config, {"messages": update})
         except Exception:
             log.exception("could not store the partial answer of %s", self.response_id)
+
+
+    def heard_text(self, audio_end_ms: int) -> str:
+        """The units whose audio had begun by `audio_end_ms`: what the user heard of it."""
+        if audio_end_ms >= self.audio_ms:
+            return self.text
+        return " ".join(text for start, text in self.unit_starts if start < audio_end_ms)
+
+    async def keep_heard_text(self, audio_end_ms: int) -> str:
+        """response.truncate: the stored assistant turn becomes what the user heard."""
+        text = self.heard_text(audio_end_ms)
+        state = await self.graph.aget_state(self.config)
+        messages = state.values.get("messages", []) if state and state.values else []
+        ids = [getattr(message, "id", None) for message in messages]
+        if self.user_message.id not in ids[:-1]:
+            raise LookupError("the conversation no longer ends with this answer")
+        stored = messages[ids.index(self.user_message.id) + 1]
+        if stored.id is not None and stored.content != text:
+            update = [AIMessage(text, id=stored.id)]  # same id: the reducer replaces it
+            await self.graph.aupdate_state(self.config, {"messages": update})
+        return text
 
 
 def split_pcm(pcm: Pcm, max_ms: int) -> list[Pcm]:

@@ -6,6 +6,8 @@ See docs/protocol.md for the message table.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from dataclasses import dataclass
@@ -25,6 +27,9 @@ LLM_FAILED = "llm_failed"
 INTERNAL = "internal"
 UNKNOWN_SESSION = "unknown_session"
 RATE_LIMITED = "rate_limited"
+STT_FAILED = "stt_failed"
+NO_SPEECH = "no_speech"
+SPEECH_INPUT_OFF = "speech_input_off"
 
 # Close codes and what they mean here.
 CLOSE_POLICY = 1008  # no or wrong token; a client that stopped reading
@@ -81,7 +86,114 @@ class ResumeSession:
     session_id: str
 
 
-ClientMessage = UserMessage | CancelResponse | ResumeSession
+@dataclass(frozen=True, slots=True)
+class AppendAudio:
+    pcm16: bytes  # little-endian, mono, 16 kHz
+
+
+@dataclass(frozen=True, slots=True)
+class CommitAudio:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ClearAudio:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateSession:
+    fields: dict[str, Any]  # only the fields given, each validated
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateResponse:
+    response_id: str
+    audio_end_ms: int
+
+
+ClientMessage = (
+    UserMessage
+    | CancelResponse
+    | ResumeSession
+    | AppendAudio
+    | CommitAudio
+    | ClearAudio
+    | UpdateSession
+    | TruncateResponse
+)
+
+INPUT_RATE = 16000
+MAX_APPEND_SAMPLES = INPUT_RATE  # one input_audio.append carries at most 1 s
+_MAX_APPEND_BASE64 = 4 * -(-MAX_APPEND_SAMPLES * 2 // 3)
+TURN_MODES = ("server_vad", "push_to_talk")
+# session.update: field -> (type, lowest, highest) for numbers
+_SESSION_INTS = {"silence_ms": (200, 3000), "barge_in_ms": (0, 5000)}
+MAX_LANGUAGE_CHARS = 16
+
+
+def _append_audio(data: dict[str, Any]) -> AppendAudio:
+    audio = data.get("audio")
+    if not isinstance(audio, str) or not audio:
+        raise ProtocolError(BAD_MESSAGE, "input_audio.append needs 'audio': Base64 PCM16")
+    if len(audio) > _MAX_APPEND_BASE64:
+        raise ProtocolError(
+            TOO_LARGE, f"one input_audio.append carries at most {MAX_APPEND_SAMPLES} samples (1 s)"
+        )
+    try:
+        pcm = base64.b64decode(audio, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(BAD_MESSAGE, "'audio' is not valid Base64") from None
+    if len(pcm) % 2:
+        raise ProtocolError(
+            BAD_MESSAGE, f"'audio' holds {len(pcm)} bytes: PCM16 needs an even number"
+        )
+    if not pcm:
+        raise ProtocolError(BAD_MESSAGE, "'audio' is empty")
+    return AppendAudio(pcm)
+
+
+def _session_update(data: dict[str, Any]) -> UpdateSession:
+    fields: dict[str, Any] = {}
+    if "turn_mode" in data:
+        if data["turn_mode"] not in TURN_MODES:
+            raise ProtocolError(BAD_MESSAGE, f"'turn_mode' must be one of {', '.join(TURN_MODES)}")
+        fields["turn_mode"] = data["turn_mode"]
+    for name, (lowest, highest) in _SESSION_INTS.items():
+        if name in data:
+            value = data[name]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ProtocolError(BAD_MESSAGE, f"'{name}' must be an integer")
+            if not lowest <= value <= highest:
+                raise ProtocolError(
+                    BAD_MESSAGE, f"'{name}' must be {lowest} to {highest}, not {value}"
+                )
+            fields[name] = value
+    if "echo_guard" in data:
+        if not isinstance(data["echo_guard"], bool):
+            raise ProtocolError(BAD_MESSAGE, "'echo_guard' must be true or false")
+        fields["echo_guard"] = data["echo_guard"]
+    if "language" in data:
+        language = data["language"]
+        if language is not None and (
+            not isinstance(language, str)
+            or not 0 < len(language) <= MAX_LANGUAGE_CHARS
+            or not language.replace("-", "").isalpha()
+            or not language.isascii()
+        ):
+            raise ProtocolError(BAD_MESSAGE, "'language' must be null or a code such as \"en\"")
+        fields["language"] = language
+    return UpdateSession(fields)
+
+
+def _truncate_response(data: dict[str, Any]) -> TruncateResponse:
+    response_id = data.get("response_id")
+    if not isinstance(response_id, str) or not 0 < len(response_id) <= MAX_ID_CHARS:
+        raise ProtocolError(BAD_MESSAGE, "response.truncate needs 'response_id'")
+    end = data.get("audio_end_ms")
+    if isinstance(end, bool) or not isinstance(end, int) or end < 0:
+        raise ProtocolError(BAD_MESSAGE, "response.truncate needs 'audio_end_ms', an integer >= 0")
+    return TruncateResponse(response_id, end)
 
 
 def _check_encodable(field: str, value: str) -> None:
@@ -137,6 +249,16 @@ def parse_client_message(frame: str | bytes, *, max_text_chars: int) -> ClientMe
             )
         _check_encodable("session_id", session_id)
         return ResumeSession(session_id)
+    if kind == "input_audio.append":
+        return _append_audio(data)
+    if kind == "input_audio.commit":
+        return CommitAudio()
+    if kind == "input_audio.clear":
+        return ClearAudio()
+    if kind == "session.update":
+        return _session_update(data)
+    if kind == "response.truncate":
+        return _truncate_response(data)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}")
 
 
@@ -165,15 +287,23 @@ def encode(message: dict[str, Any]) -> str:
 
 
 def session_created(
-    session_id: str, llm: str, tts: str, worker: int | None = None
+    session_id: str,
+    llm: str,
+    tts: str,
+    worker: int | None = None,
+    stt: str | None = None,
+    input_audio: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    frame = {
+    frame: dict[str, Any] = {
         "type": "session.created",
         "session_id": session_id,
         "protocol": PROTOCOL,
         "llm": llm,
         "tts": tts,
+        "stt": stt,
     }
+    if input_audio is not None:
+        frame["input_audio"] = input_audio
     if worker is not None:  # `serve --workers N`: which process holds this session
         frame["worker"] = worker
     return frame

@@ -44,6 +44,8 @@ from voicechat.pipeline import (
 )
 from voicechat.serve_workers import SessionTally
 from voicechat.settings import ServerConfig
+from voicechat.speech import SpeechInput
+from voicechat.speech.listener import Listener, TurnSettings
 from voicechat.tts.base import TTSEngine
 from voicechat.web import load_static_files, security_headers
 from voicechat.workers import Worker
@@ -201,8 +203,10 @@ class VoiceChatServer:
         config: ServerConfig,
         workers: Mapping[str, Worker] | None = None,
         tally: SessionTally | None = None,
+        speech: SpeechInput | None = None,
     ) -> None:
         self.backend = backend
+        self.speech = speech  # None: speech input is off (serve --stt none)
         self.tally = tally  # `serve --workers N`: the sessions of every process, for the cap
         self.tts = tts
         self.config = config
@@ -466,6 +470,29 @@ class VoiceChatServer:
             self.update_idle()
 
 
+class _ListenerHost:
+    """The session as its listener sees it (speech/listener.py: Host)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self._session._send(frame)
+
+    def answer_playing(self) -> bool:
+        return self._session.answer_playing()
+
+    def answer_words(self) -> str:
+        answer = self._session._answer
+        return answer.text if answer is not None else ""
+
+    async def interrupt(self) -> None:
+        await self._session.interrupt()
+
+    async def user_turn(self, item_id: str, text: str, ended_at: float) -> None:
+        await self._session._start_answer(text, item_id, ended_at)
+
+
 class SlowClient(ClientGone):
     """The client stopped reading; its session is being closed."""
 
@@ -500,6 +527,16 @@ class Session:
         self._refill_per_s = config.messages_per_minute / 60
         self._last_refill = time.monotonic()
         self._last_activity = time.monotonic()  # the last message, or the end of the last answer
+        # Speech input: made on the first input_audio message (most sessions never send one).
+        self._listener: Listener | None = None
+        speech = server.speech
+        self._turn_settings = TurnSettings.from_limits(
+            config.input_audio, speech.language if speech else None
+        )
+        self._audio_allowance = config.input_audio.burst_s  # seconds of audio, token bucket
+        self._audio_refill_at = time.monotonic()
+        self._playing_until = 0.0  # when the audio sent so far ends playing at the client
+        self._answer_lock = asyncio.Lock()  # a typed and a spoken turn never start together
 
     @property
     def answering(self) -> bool:
@@ -514,6 +551,8 @@ class Session:
                     self.server.backend.name,
                     self.server.tts.name,
                     worker=self.server.config.worker_index,
+                    stt=self.server.speech.stt.name if self.server.speech else None,
+                    input_audio=self._input_audio_info(),
                 )
             )
             while (frame := await self._next_frame()) is not None:
@@ -521,6 +560,8 @@ class Session:
         except (ConnectionClosed, SlowClient):
             pass
         finally:
+            if self._listener is not None:
+                await self._listener.aclose()
             await self._cancel_answer(notify=False)
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
@@ -579,6 +620,15 @@ class Session:
         await self._close(1001, "server shutting down")
 
     async def _receive(self, frame: str | bytes, arrived_at: float) -> None:
+        try:
+            message = protocol.parse_client_message(
+                frame, max_text_chars=self.server.config.max_text_chars
+            )
+        except protocol.ProtocolError as exc:
+            message = exc
+        if isinstance(message, protocol.AppendAudio):
+            await self._append_audio(message.pcm16)  # its own limit: seconds of audio
+            return
         if not self._take_allowance():
             limit = self.server.config.messages_per_minute
             await self._send(
@@ -587,37 +637,150 @@ class Session:
                 )
             )
             return
-        try:
-            message = protocol.parse_client_message(
-                frame, max_text_chars=self.server.config.max_text_chars
-            )
-        except protocol.ProtocolError as exc:
-            await self._send(protocol.error(exc.code, exc.message))
-            return
-        if isinstance(message, protocol.CancelResponse):
+        if isinstance(message, protocol.ProtocolError):
+            await self._send(protocol.error(message.code, message.message))
+        elif isinstance(message, protocol.CancelResponse):
             await self._cancel_answer(notify=True)
-            return
-        if isinstance(message, protocol.ResumeSession):
+        elif isinstance(message, protocol.ResumeSession):
             await self._resume(message.session_id)
+        elif isinstance(message, protocol.UserMessage):
+            log.debug("session %s…: user message %r", self.log_id, message.text)
+            await self._start_answer(message.text, message.id, arrived_at)
+        elif isinstance(message, protocol.TruncateResponse):
+            await self._truncate(message)
+        elif (listener := await self._speech_listener()) is None:
+            pass  # speech input is off: the client was told
+        elif isinstance(message, protocol.CommitAudio):
+            await listener.commit()
+        elif isinstance(message, protocol.ClearAudio):
+            await listener.clear()
+        elif isinstance(message, protocol.UpdateSession):
+            self._turn_settings = self._turn_settings.updated(message.fields)
+            listener.update(self._turn_settings)
+            await self._send({"type": "session.updated", "input_audio": self._input_audio_info()})
+
+    async def _start_answer(self, text: str, in_reply_to: str | None, arrived_at: float) -> None:
+        """A user turn, typed or spoken: the answer in flight ends first (barge-in)."""
+        async with self._answer_lock:
+            await self._cancel_answer(notify=True)
+            response_id = uuid.uuid4().hex
+            answer = Answer(
+                graph=self.server.backend.graph,
+                thread_id=self.thread_id,
+                user_text=text,
+                response_id=response_id,
+                tts=self.server.tts,
+                emit=self._emitter(response_id),
+                settings=self.server.config.pipeline,
+                started_at=arrived_at,
+            )
+            await self._send(protocol.response_created(answer.response_id, in_reply_to))
+            self._answer = answer
+            self._answer_task = asyncio.create_task(self._run_answer(answer))
+            self._answer_task.add_done_callback(self.server.update_idle)
+            self._answer_task.add_done_callback(self._note_activity)
+
+    # --- speech input (voicechat/speech/) ----------------------------------------------------
+
+    def _input_audio_info(self) -> dict[str, Any]:
+        settings = self._turn_settings
+        return {
+            "format": "pcm16",
+            "sample_rate": protocol.INPUT_RATE,
+            "turn_mode": settings.turn_mode,
+            "silence_ms": settings.silence_ms,
+            "barge_in_ms": settings.barge_in_ms,
+            "echo_guard": settings.echo_guard,
+            "language": settings.language,
+            "max_turn_ms": round(self.server.config.input_audio.max_turn_audio_s * 1000),
+        }
+
+    async def _speech_listener(self) -> Listener | None:
+        """This session's listener, made on first use; None (and an error sent) when the
+        server has speech input off."""
+        speech = self.server.speech
+        if speech is None:
+            await self._send(
+                protocol.error(
+                    protocol.SPEECH_INPUT_OFF,
+                    "speech input is off on this server (voicechat serve --stt none)",
+                )
+            )
+            return None
+        if self._listener is None:
+            self._listener = Listener(
+                _ListenerHost(self),
+                speech.vad,
+                speech.stt,
+                self._turn_settings,
+                self.server.config.input_audio,
+            )
+        return self._listener
+
+    async def _append_audio(self, pcm16: bytes) -> None:
+        limits = self.server.config.input_audio
+        now = time.monotonic()
+        refill = (now - self._audio_refill_at) * limits.speed
+        self._audio_allowance = min(limits.burst_s, self._audio_allowance + refill)
+        self._audio_refill_at = now
+        seconds = len(pcm16) / 2 / protocol.INPUT_RATE
+        if seconds > self._audio_allowance:
+            await self._send(
+                protocol.error(
+                    protocol.RATE_LIMITED,
+                    f"audio faster than {limits.speed:g} x real time (after a "
+                    f"{limits.burst_s:g} s burst); frame dropped",
+                )
+            )
             return
-        await self._cancel_answer(notify=True)  # barge-in: the old answer ends first
-        response_id = uuid.uuid4().hex
-        answer = Answer(
-            graph=self.server.backend.graph,
-            thread_id=self.thread_id,
-            user_text=message.text,
-            response_id=response_id,
-            tts=self.server.tts,
-            emit=self._emitter(response_id),
-            settings=self.server.config.pipeline,
-            started_at=arrived_at,
+        self._audio_allowance -= seconds
+        listener = await self._speech_listener()
+        if listener is not None:
+            await listener.append(pcm16)
+
+    def answer_playing(self) -> bool:
+        """An answer is being made, or its audio is still playing at the client (estimated
+        from the audio sent: playback cannot end before the sum of the chunks' lengths)."""
+        return self.answering or time.monotonic() < self._playing_until
+
+    async def interrupt(self) -> None:
+        """The user started speaking over the answer: it ends now."""
+        async with self._answer_lock:
+            await self._cancel_answer(notify=True)
+        self._playing_until = 0.0
+
+    async def _truncate(self, message: protocol.TruncateResponse) -> None:
+        answer = self._answer
+        if answer is None or answer.response_id != message.response_id:
+            await self._send(
+                protocol.error(
+                    protocol.BAD_MESSAGE, "response.truncate: not this session's latest answer"
+                )
+            )
+            return
+        async with self._answer_lock:
+            if self.answering:
+                await self._send(
+                    protocol.error(
+                        protocol.BAD_MESSAGE,
+                        "response.truncate: the answer is still in flight; cancel it first",
+                    )
+                )
+                return
+            try:
+                async with self.server.conversation_lock(answer.thread_id):
+                    text = await answer.keep_heard_text(message.audio_end_ms)
+            except Exception as exc:
+                await self._send(protocol.error(protocol.BAD_MESSAGE, f"cannot truncate: {exc}"))
+                return
+        await self._send(
+            {
+                "type": "response.truncated",
+                "response_id": answer.response_id,
+                "audio_end_ms": message.audio_end_ms,
+                "text": text,
+            }
         )
-        log.debug("session %s…: user message %r", self.log_id, message.text)
-        await self._send(protocol.response_created(answer.response_id, message.id))
-        self._answer = answer
-        self._answer_task = asyncio.create_task(self._run_answer(answer))
-        self._answer_task.add_done_callback(self.server.update_idle)
-        self._answer_task.add_done_callback(self._note_activity)
 
     async def _resume(self, session_id: str) -> None:
         """Continue the conversation of an earlier session (e.g. after a reconnect)."""
@@ -680,6 +843,9 @@ class Session:
             if frame["type"] == "text.delta":  # encoded by the writer, merged with its neighbours
                 await self._queue((response_id, frame["text"], TEXT_DELTA))
             else:
+                if frame["type"] == "audio.chunk":
+                    starts = max(time.monotonic(), self._playing_until)
+                    self._playing_until = starts + frame["samples"] / frame["sample_rate"]
                 await self._queue((response_id, protocol.encode(frame), FRAME))
 
         return emit

@@ -1,0 +1,410 @@
+"""One session's ear: microphone audio in, turns out (VAD -> turn rules -> transcript).
+
+The session hands every `input_audio.*` message to its `Listener`, which works through them in
+order in one task of its own: VAD on each frame (the Silero worker), the turn rules
+(`turns.py`), a speculative transcription when a pause begins, the final transcript when the
+turn ends, then `host.user_turn(...)` starts the answer exactly as a typed message would. The
+queue in front of it is bounded: a client sending faster than the ear can work waits at the
+socket (the session stops reading), nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from voicechat import protocol
+from voicechat.settings import InputAudioSettings
+from voicechat.speech.stt import SpeechToText, STTError, Transcript
+from voicechat.speech.turns import (
+    WINDOW_MS,
+    Candidate,
+    Paused,
+    Resumed,
+    Started,
+    Stopped,
+    TurnDetector,
+    TurnEvent,
+    TurnRules,
+)
+from voicechat.speech.vad import SileroVAD
+from voicechat.workers import WorkerError
+
+log = logging.getLogger(__name__)
+
+RATE = 16000
+BYTES_PER_MS = RATE * 2 // 1000  # PCM16 mono
+PREFIX_MS = 300  # audio kept from before the speech began
+QUEUE_FRAMES = 256  # input_audio messages waiting for the listener
+SERVER_VAD, PUSH_TO_TALK = "server_vad", "push_to_talk"
+ECHO_SHARE = 0.5  # speech whose words are at least this share of the answer's is its echo
+_WORD = re.compile(r"[\w']+")
+
+
+def words(text: str) -> list[str]:
+    return [w.strip("'") for w in _WORD.findall(text.lower()) if w.strip("'")]
+
+
+def is_echo(heard: str, answer: str) -> bool:
+    """Is what the microphone heard the answer's own words (coming back from the speakers)?
+    Nothing recognisable counts as echo too: a barge-in needs words."""
+    heard_words = words(heard)
+    if not heard_words:
+        return True
+    answer_words = set(words(answer))
+    found = sum(1 for word in heard_words if word in answer_words)
+    return found / len(heard_words) >= ECHO_SHARE
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    """What a client may change with `session.update`."""
+
+    turn_mode: str = SERVER_VAD
+    silence_ms: int = 600
+    barge_in_ms: int = 500
+    echo_guard: bool = True
+    language: str | None = None
+
+    @classmethod
+    def from_limits(cls, limits: InputAudioSettings, language: str | None) -> TurnSettings:
+        return cls(
+            silence_ms=limits.silence_ms,
+            barge_in_ms=limits.barge_in_ms,
+            echo_guard=limits.echo_guard,
+            language=language,
+        )
+
+    def updated(self, fields: dict[str, Any]) -> TurnSettings:
+        return replace(self, **fields)
+
+
+class Host(Protocol):
+    """What the listener needs from its session."""
+
+    async def send(self, frame: dict[str, Any]) -> None: ...
+
+    def answer_playing(self) -> bool: ...
+
+    def answer_words(self) -> str: ...
+
+    async def interrupt(self) -> None: ...
+
+    async def user_turn(self, item_id: str, text: str, ended_at: float) -> None: ...
+
+
+@dataclass
+class ListenerStats:
+    turns: int = 0
+    speculative_used: int = 0
+    speculative_discarded: int = 0
+    echo_rejected: int = 0
+
+
+class Listener:
+    """The speech input of one session; `aclose()` drops everything it holds."""
+
+    def __init__(
+        self,
+        host: Host,
+        vad: SileroVAD,
+        stt: SpeechToText,
+        settings: TurnSettings,
+        limits: InputAudioSettings,
+    ) -> None:
+        self.host = host
+        self.vad = vad
+        self.stt = stt
+        self.settings = settings
+        self.limits = limits
+        self.stats = ListenerStats()
+        self._stream = uuid.uuid4().hex  # this session's state in the VAD worker
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_FRAMES)
+        self._detector = TurnDetector(self._rules())
+        self._samples = 0  # appended so far: the session's audio clock
+        self._audio = bytearray()  # the audio kept, from `_audio_from_ms` on
+        self._audio_from_ms = 0.0
+        self._vad_windows = 0  # probabilities received: the VAD clock (may lag on restart)
+        self._item_id = ""
+        self._turn_from_ms = 0  # where the turn's audio begins (speech start - prefix)
+        self._turn_ended = False  # a turn ended since the last commit/clear
+        self._speech_run = 0  # push-to-talk: consecutive speech windows
+        self._heard_speech = False  # push-to-talk: speech since the last commit
+        self._speculation: tuple[int, asyncio.Task[Transcript]] | None = None
+        self._task = asyncio.create_task(self._run(), name="listener")
+
+    @property
+    def now_ms(self) -> float:
+        return self._samples / (RATE / 1000)
+
+    def _rules(self) -> TurnRules:
+        s = self.settings
+        return TurnRules(
+            silence_ms=s.silence_ms,
+            barge_in_ms=s.barge_in_ms,
+            max_turn_ms=int(self.limits.max_turn_audio_s * 1000),
+        )
+
+    def update(self, settings: TurnSettings) -> None:
+        """session.update: applies from the next window; a mode change drops a turn in
+        progress (its rules no longer hold)."""
+        mode_changed = settings.turn_mode != self.settings.turn_mode
+        self.settings = settings
+        self._detector.rules = self._rules()
+        if mode_changed:
+            self._drop_speculation()
+            self._detector.reset()
+            self._heard_speech, self._speech_run, self._turn_ended = False, 0, False
+
+    # --- the session's side: put messages in line --------------------------------------
+
+    async def append(self, pcm16: bytes) -> None:
+        await self._queue.put(("audio", pcm16))
+
+    async def commit(self) -> None:
+        await self._queue.put(("commit", b""))
+
+    async def clear(self) -> None:
+        await self._queue.put(("clear", b""))
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._drop_speculation()
+        with suppress(Exception):  # the worker may be gone; its state goes with it then
+            async with asyncio.timeout(2):
+                await self.vad.close(self._stream)
+
+    # --- the listener's task ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            kind, data = await self._queue.get()
+            try:
+                if kind == "audio":
+                    await self._on_audio(data)
+                elif kind == "commit":
+                    await self._on_commit()
+                else:
+                    await self._on_clear()
+            except protocol.ProtocolError as exc:
+                await self.host.send(protocol.error(exc.code, exc.message))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug: report it, keep listening
+                log.exception("speech input failed")
+                await self.host.send(protocol.error(protocol.INTERNAL, f"speech input: {exc}"))
+
+    async def _on_audio(self, pcm16: bytes) -> None:
+        self._audio += pcm16
+        self._samples += len(pcm16) // 2
+        try:
+            probabilities = await self.vad.probabilities(self._stream, pcm16)
+        except WorkerError as exc:
+            # The VAD worker died and lost every stream's state: start this one afresh.
+            log.warning("VAD failed (%s); listening afresh", exc)
+            self._stream = uuid.uuid4().hex
+            self._detector.reset()
+            self._detector.windows = int(self.now_ms // WINDOW_MS)
+            self._vad_windows = self._detector.windows
+            return
+        if self.settings.turn_mode == PUSH_TO_TALK:
+            self._push_to_talk_windows(probabilities)
+            if self.now_ms - self._audio_from_ms >= self.limits.max_turn_audio_s * 1000:
+                await self._on_commit()  # the turn limit: as if the user had let go
+        else:
+            guarded = self.settings.barge_in_ms > 0 and self.host.answer_playing()
+            for probability in probabilities:
+                for event in self._detector.feed(probability, guarded=guarded):
+                    await self._on_turn_event(event)
+        self._trim()
+
+    def _push_to_talk_windows(self, probabilities: list[float]) -> None:
+        rules = self._detector.rules
+        for probability in probabilities:
+            self._detector.windows += 1
+            self._speech_run = self._speech_run + 1 if probability >= rules.start_threshold else 0
+            if self._speech_run * WINDOW_MS >= rules.start_ms:
+                self._heard_speech = True
+
+    async def _on_turn_event(self, event: TurnEvent) -> None:
+        if isinstance(event, Started):
+            await self._start_turn(event.start_ms)
+        elif isinstance(event, Paused):
+            self._speculate(event.at_ms)
+        elif isinstance(event, Resumed):
+            if self._speculation is not None:
+                self.stats.speculative_discarded += 1
+            self._drop_speculation()
+        elif isinstance(event, Stopped):
+            await self.host.send(
+                {
+                    "type": "input_audio.speech_stopped",
+                    "item_id": self._item_id,
+                    "audio_end_ms": event.end_ms,
+                }
+            )
+            await self._end_turn(event.end_ms, event.truncated)
+        elif isinstance(event, Candidate):
+            await self._judge(event)
+
+    async def _judge(self, candidate: Candidate) -> None:
+        """Speech over the playing answer: the user barging in, or the answer's own voice?"""
+        if self.settings.echo_guard:
+            audio = self._slice(candidate.start_ms, candidate.at_ms)
+            try:
+                heard = await self.stt.transcribe(audio, self.settings.language)
+            except STTError as exc:
+                log.warning("echo check failed (%s): taking it as the user", exc)
+            else:
+                if is_echo(heard.text, self.host.answer_words()):
+                    log.info("speech over the answer taken as its echo: %r", heard.text)
+                    self.stats.echo_rejected += 1
+                    self._detector.reject()
+                    return
+        for event in self._detector.accept():
+            await self._on_turn_event(event)
+
+    async def _start_turn(self, start_ms: int) -> None:
+        self._item_id = uuid.uuid4().hex
+        self._turn_from_ms = max(0, start_ms - PREFIX_MS)
+        self._drop_speculation()
+        await self.host.send(
+            {
+                "type": "input_audio.speech_started",
+                "item_id": self._item_id,
+                "audio_start_ms": start_ms,
+            }
+        )
+        if self.host.answer_playing():
+            await self.host.interrupt()  # barge-in: the answer stops, the user has the floor
+
+    def _speculate(self, at_ms: int) -> None:
+        """A pause began: transcribe the turn so far now, while the silence rule waits."""
+        self._drop_speculation()
+        audio = self._slice(self._turn_from_ms, at_ms)
+        task = asyncio.create_task(self.stt.transcribe(audio, self.settings.language))
+        task.add_done_callback(_consume_exception)
+        self._speculation = (at_ms, task)
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation[1].cancel()
+            self._speculation = None
+
+    async def _end_turn(self, end_ms: int, truncated: bool) -> None:
+        """The turn is over: commit its audio, transcribe it (or take the speculative
+        transcript, made of exactly this audio), answer it."""
+        ended_at = time.perf_counter()
+        item_id = self._item_id
+        audio = self._slice(self._turn_from_ms, end_ms)
+        self._turn_ended = True
+        self.stats.turns += 1
+        await self.host.send(
+            {
+                "type": "input_audio.committed",
+                "item_id": item_id,
+                "audio_ms": len(audio) // BYTES_PER_MS,
+                "truncated": truncated,
+            }
+        )
+        speculation, self._speculation = self._speculation, None
+        self._forget_until(end_ms)
+        try:
+            if speculation is not None and speculation[0] == end_ms:
+                self.stats.speculative_used += 1
+                transcript = await speculation[1]
+            else:
+                if speculation is not None:
+                    speculation[1].cancel()
+                    self.stats.speculative_discarded += 1
+                transcript = await self.stt.transcribe(audio, self.settings.language)
+        except STTError as exc:
+            await self.host.send(
+                protocol.error(protocol.STT_FAILED, f"speech recognition failed: {exc}")
+            )
+            return
+        stt_ms = round(1000 * (time.perf_counter() - ended_at))
+        await self.host.send(
+            {
+                "type": "input_audio.transcript",
+                "item_id": item_id,
+                "text": transcript.text,
+                "language": transcript.language,
+                "stt_ms": stt_ms,
+            }
+        )
+        if not words(transcript.text):
+            await self.host.send(
+                protocol.error(protocol.NO_SPEECH, "no words heard in that turn")
+            )
+            return
+        await self.host.user_turn(item_id, transcript.text, ended_at)
+
+    async def _on_commit(self) -> None:
+        if self.settings.turn_mode == PUSH_TO_TALK:
+            if not self._heard_speech:
+                self._forget_until(self.now_ms)
+                raise protocol.ProtocolError(protocol.NO_SPEECH, "no speech in the audio")
+            self._item_id = uuid.uuid4().hex
+            self._turn_from_ms = int(self._audio_from_ms)
+            self._heard_speech, self._speech_run = False, 0
+            if self.host.answer_playing():
+                await self.host.interrupt()
+            await self._end_turn(int(self.now_ms), truncated=False)
+            return
+        holding = self._detector.state != "speaking"
+        stop = self._detector.end_now()
+        if stop is not None:
+            if holding:  # speech over the answer not judged yet: a commit says it is the user
+                await self._start_turn(self._detector.speech_start_ms)
+            await self._end_turn(stop.end_ms, truncated=False)
+        elif not self._turn_ended:
+            raise protocol.ProtocolError(protocol.NO_SPEECH, "no speech heard since the last turn")
+        self._turn_ended = False
+
+    async def _on_clear(self) -> None:
+        self._drop_speculation()
+        self._detector.reset()
+        self._heard_speech, self._speech_run, self._turn_ended = False, 0, False
+        self._forget_until(self.now_ms)
+        await self.host.send({"type": "input_audio.cleared"})
+
+    # --- the audio kept ----------------------------------------------------------------------
+
+    def _slice(self, from_ms: float, to_ms: float) -> bytes:
+        start = max(0, int((from_ms - self._audio_from_ms) * BYTES_PER_MS)) & ~1
+        end = max(0, int((to_ms - self._audio_from_ms) * BYTES_PER_MS)) & ~1
+        return bytes(self._audio[start:end])
+
+    def _forget_until(self, ms: float) -> None:
+        drop = min(len(self._audio), max(0, int((ms - self._audio_from_ms) * BYTES_PER_MS)) & ~1)
+        del self._audio[:drop]
+        self._audio_from_ms += drop / BYTES_PER_MS
+
+    def _trim(self) -> None:
+        """Keep only what a turn may still need: its audio from the lead-in on while one is
+        in progress, the last second otherwise (push-to-talk: all since the last commit,
+        up to the turn limit, which commits)."""
+        if self.settings.turn_mode == PUSH_TO_TALK:
+            return
+        state = self._detector.state
+        if state == "speaking":
+            keep_from = self._turn_from_ms
+        elif state in ("holding", "deciding"):
+            keep_from = self._detector.speech_start_ms - PREFIX_MS
+        else:  # idle, or echo (a re-check looks at the last `echo_recheck_ms`)
+            keep_from = self.now_ms - max(2000, self._detector.rules.echo_recheck_ms + 500)
+        self._forget_until(keep_from)
+
+
+def _consume_exception(task: asyncio.Task[Any]) -> None:
+    """A speculative transcription nobody awaits must not log 'exception never retrieved'."""
+    if not task.cancelled():
+        task.exception()
