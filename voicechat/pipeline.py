@@ -320,7 +320,7 @@ class Answer:
         messages = state.values.get("messages", []) if state and state.values else []
         ids = [getattr(message, "id", None) for message in messages]
         if self.user_message.id not in ids[:-1]:
-            raise LookupError("the conversation no longer ends with this answer")
+            raise LookupError("the conversation does not hold this answer")
         stored = messages[ids.index(self.user_message.id) + 1]
         if stored.id is not None and stored.content != text:
             update = [AIMessage(text, id=stored.id)]  # same id: the reducer replaces it

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 FRAME, FINAL, TEXT_DELTA = "frame", "final", "text.delta"
 Outbound = tuple[str | None, str, str]
 
+RECENT_ANSWERS = 4  # how many of a session's answers response.truncate can still name
 CLOSE_WAIT_S = 5.0  # how long a close may wait for a client that is not reading
 # File descriptors for everything but client connections: worker pipes, the Fish Speech pool
 # (16), SQLite, logs, the listening socket. Added to the caps when sizing the open-file limit.
@@ -537,6 +538,10 @@ class Session:
         self._audio_refill_at = time.monotonic()
         self._playing_until = 0.0  # when the audio sent so far ends playing at the client
         self._answer_lock = asyncio.Lock()  # a typed and a spoken turn never start together
+        # response.truncate may name one of the last few answers (a new turn may have begun
+        # before the client's report of what it heard arrives).
+        self._recent_answers: dict[str, Answer] = {}
+        self._history_tasks: set[asyncio.Task[None]] = set()  # truncations waiting to be stored
 
     @property
     def answering(self) -> bool:
@@ -563,6 +568,7 @@ class Session:
             if self._listener is not None:
                 await self._listener.aclose()
             await self._cancel_answer(notify=False)
+            await asyncio.gather(*self._history_tasks, return_exceptions=True)
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             if self._closer is not None:
@@ -676,6 +682,9 @@ class Session:
             )
             await self._send(protocol.response_created(answer.response_id, in_reply_to))
             self._answer = answer
+            self._recent_answers[response_id] = answer
+            while len(self._recent_answers) > RECENT_ANSWERS:
+                self._recent_answers.pop(next(iter(self._recent_answers)))
             self._answer_task = asyncio.create_task(self._run_answer(answer))
             self._answer_task.add_done_callback(self.server.update_idle)
             self._answer_task.add_done_callback(self._note_activity)
@@ -750,37 +759,37 @@ class Session:
         self._playing_until = 0.0
 
     async def _truncate(self, message: protocol.TruncateResponse) -> None:
-        answer = self._answer
-        if answer is None or answer.response_id != message.response_id:
-            await self._send(
-                protocol.error(
-                    protocol.BAD_MESSAGE, "response.truncate: not this session's latest answer"
-                )
-            )
+        """What the user heard of an answer becomes its stored turn. The reply goes at once;
+        the history is changed as soon as no answer of this conversation is running (the
+        next answer waits for it: the conversation's lock is first come, first served)."""
+        answer = self._recent_answers.get(message.response_id)
+        if answer is None:
+            problem = f"not one of this session's last {RECENT_ANSWERS} answers"
+        elif answer is self._answer and self.answering:
+            problem = "the answer is still in flight; cancel it first"
+        else:
+            problem = None
+        if answer is None or problem is not None:
+            await self._send(protocol.error(protocol.BAD_MESSAGE, f"response.truncate: {problem}"))
             return
-        async with self._answer_lock:
-            if self.answering:
-                await self._send(
-                    protocol.error(
-                        protocol.BAD_MESSAGE,
-                        "response.truncate: the answer is still in flight; cancel it first",
-                    )
-                )
-                return
-            try:
-                async with self.server.conversation_lock(answer.thread_id):
-                    text = await answer.keep_heard_text(message.audio_end_ms)
-            except Exception as exc:
-                await self._send(protocol.error(protocol.BAD_MESSAGE, f"cannot truncate: {exc}"))
-                return
+        task = asyncio.create_task(self._keep_heard_text(answer, message.audio_end_ms))
+        self._history_tasks.add(task)
+        task.add_done_callback(self._history_tasks.discard)
         await self._send(
             {
                 "type": "response.truncated",
                 "response_id": answer.response_id,
                 "audio_end_ms": message.audio_end_ms,
-                "text": text,
+                "text": answer.heard_text(message.audio_end_ms),
             }
         )
+
+    async def _keep_heard_text(self, answer: Answer, audio_end_ms: int) -> None:
+        try:
+            async with self.server.conversation_lock(answer.thread_id):
+                await answer.keep_heard_text(audio_end_ms)
+        except Exception as exc:
+            log.warning("session %s…: response.truncate not stored: %s", self.log_id, exc)
 
     async def _resume(self, session_id: str) -> None:
         """Continue the conversation of an earlier session (e.g. after a reconnect)."""

@@ -268,6 +268,7 @@ class Listener:
                     self.stats.echo_rejected += 1
                     self._detector.reject()
                     return
+                log.info("speech over the answer taken as the user's: %r", heard.text)
         for event in self._detector.accept():
             await self._on_turn_event(event)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 WINDOW_MS = 32  # Silero's window at 16 kHz (512 samples)
+ECHO_WINDOW_MS = 3000  # the most of a long sound over the answer that is judged again
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,9 @@ class TurnDetector:
                 self.reset()
             elif self.now_ms - self._check_from_ms >= rules.echo_recheck_ms:
                 self.state = DECIDING
-                return [Candidate(self._check_from_ms, self.now_ms)]
+                # Judged on up to the last 3 s: a longer stretch is recognised more surely.
+                start = max(self._start_ms, self.now_ms - ECHO_WINDOW_MS)
+                return [Candidate(start, self.now_ms)]
             return []
         return self._speaking(at_ms)
 
