@@ -286,6 +286,9 @@ async def test_a_short_sound_over_the_answer_does_not_interrupt(speech: SpeechIn
         running_server(gated_backend([*ANSWER, " The end."], gate), speech=speech) as server,
         ChatConnection(server.url) as connection,
     ):
+        # The duration rule alone (the echo check would also drop a sound with no words).
+        await connection.update_session(echo_guard=False)
+        await read_until(connection, "session.updated")
         await connection.send_user_message("Tell me about Paris.")
         await read_until(connection, "audio.chunk")
         await send_audio(connection, pad(mm, 0.2, 1.0))
