@@ -80,7 +80,7 @@ def whisper_worker(model: str, language: str | None) -> Worker:
         "whisper",
         {"model": model, "language": language},
         label=f"the Whisper {model} recognizer",
-        sigill_hint="CTranslate2's wheel does not support this CPU",
+        sigill_hint="CTranslate2 does not support this CPU; --stt none turns speech input off",
     )
 
 
