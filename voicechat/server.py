@@ -702,6 +702,9 @@ class Session:
             "echo_guard": settings.echo_guard,
             "language": settings.language,
             "max_turn_ms": round(self.server.config.input_audio.max_turn_audio_s * 1000),
+            # The audio rate limit: a client paces itself by these.
+            "burst_ms": round(self.server.config.input_audio.burst_s * 1000),
+            "speed": self.server.config.input_audio.speed,
         }
 
     async def _speech_listener(self) -> Listener | None:
