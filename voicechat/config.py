@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from voicechat.llm import ChatBackend, LLMConfigError, LLMSettings, build_backend, local_model_path
 from voicechat.llm.memory import MemoryConfigError, open_checkpointer
-from voicechat.settings import BackendOptions
+from voicechat.settings import BackendOptions, ConfigError
 from voicechat.speech import SpeechInput
 from voicechat.tts.base import TTSEngine
 from voicechat.tts.fish import FishSpeechTTS
@@ -29,10 +29,6 @@ log = logging.getLogger(__name__)
 
 TTS_CHOICES = ("piper", "fish", "tone")
 STT_CHOICES = ("whisper", "openai", "none")
-
-
-class ConfigError(ValueError):
-    """Settings that cannot work together; the message is shown to the user as is."""
 
 
 def build_tts(options: BackendOptions) -> TTSEngine:

@@ -22,6 +22,11 @@ EXIT_UNREACHABLE = 3  # the server cannot be reached or went away
 EXIT_ENGINE = 4  # an embedded engine failed to load or crashed in its start-up self-check
 
 
+class ConfigError(ValueError):
+    """Settings that cannot work together; the message is shown to the user as is. (Here, not
+    in config.py, so the CLI can catch it without importing the back ends.)"""
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """Which LLM, voice and memory to run; shared by `serve`, `talk` and `ask --embedded`."""
