@@ -40,6 +40,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 RATE = 16000
 FRAME = 1600  # 100 ms per input_audio.append
+LISTENER_TASKS = ("listener", "speculation", "transcription", "speech-turn")
 ANSWER = [
     "The capital of France is Paris. ",
     "It is a large city on the river Seine, with many museums and old bridges. ",
@@ -211,7 +212,7 @@ async def test_a_client_leaving_mid_utterance_leaves_nothing_behind(speech: Spee
             await read_until(connection, "input_audio.speech_started")
         async with asyncio.timeout(WAIT_S):
             await server.wait_until_idle()
-        leftover = [t for t in asyncio.all_tasks() if t.get_name() in ("listener", "speculation")]
+        leftover = [t for t in asyncio.all_tasks() if t.get_name() in LISTENER_TASKS]
         assert leftover == []
         assert speech.vad.worker.health()["in_flight"] == 0
         # The engines still serve the next session.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -125,7 +126,8 @@ def _speech_input(options: BackendOptions, workers: dict[str, Worker]) -> Speech
     stt: SpeechToText
     if options.stt == "openai":
         assert options.stt_url is not None
-        stt = OpenAISTT(options.stt_url, options.stt_openai_model)
+        api_key = options.stt_api_key or os.environ.get("OPENAI_API_KEY")
+        stt = OpenAISTT(options.stt_url, options.stt_openai_model, api_key=api_key)
         return SpeechInput(SileroVAD(workers["vad"]), stt, options.stt_language)
     stt = WhisperSTT(workers["whisper"], options.stt_model)
     language = options.stt_language or default_language(options.stt_model)

@@ -747,8 +747,12 @@ class Session:
             return
         self._audio_allowance -= seconds
         listener = await self._speech_listener()
-        if listener is not None:
-            await listener.append(pcm16)
+        if listener is not None and not listener.append(pcm16):
+            await self._send(
+                protocol.error(
+                    protocol.RATE_LIMITED, "speech input is behind (recognizer busy); frame dropped"
+                )
+            )
 
     def answer_playing(self) -> bool:
         """An answer is being made, or its audio is still playing at the client (estimated

@@ -54,6 +54,7 @@ class BackendOptions:
     stt_language: str | None = None  # None: "en" for tiny.en, detected for base
     stt_url: str | None = None  # --stt openai: the server's base URL (…/v1)
     stt_openai_model: str = "whisper-1"
+    stt_api_key: str | None = None  # --stt openai; else OPENAI_API_KEY from the environment
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ The session hands every `input_audio.*` message to its `Listener`, which works t
 order in one task of its own: VAD on each frame (the Silero worker), the turn rules
 (`turns.py`), a speculative transcription when a pause begins, the final transcript when the
 turn ends, then `host.user_turn(...)` starts the answer exactly as a typed message would. The
-queue in front of it is bounded: a client sending faster than the ear can work waits at the
-socket (the session stops reading), nothing is dropped.
+queue in front of it is bounded: audio that finds it full is dropped with an error, so a slow
+recognizer never stops the session reading its socket (a typed message or a cancel still
+gets through). Transcribing an ended turn runs beside the listener, which keeps hearing.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ BYTES_PER_MS = RATE * 2 // 1000  # PCM16 mono
 PREFIX_MS = 300  # audio kept from before the speech began
 QUEUE_FRAMES = 256  # input_audio messages waiting for the listener
 SERVER_VAD, PUSH_TO_TALK = "server_vad", "push_to_talk"
+ECHO_CHECK_TIMEOUT_S = 3.0  # a recognizer slower than this: the speech is taken as the user's
 ECHO_SHARE = 0.5  # speech whose words are at least this share of the answer's is its echo
 _WORD = re.compile(r"[\w']+")
 
@@ -137,6 +139,7 @@ class Listener:
         self._speech_run = 0  # push-to-talk: consecutive speech windows
         self._heard_speech = False  # push-to-talk: speech since the last commit
         self._speculation: tuple[int, asyncio.Task[Transcript]] | None = None
+        self._answering: asyncio.Task[None] | None = None  # the last ended turn's transcription
         self._task = asyncio.create_task(self._run(), name="listener")
 
     @property
@@ -164,8 +167,14 @@ class Listener:
 
     # --- the session's side: put messages in line --------------------------------------
 
-    async def append(self, pcm16: bytes) -> None:
-        await self._queue.put(("audio", pcm16))
+    def append(self, pcm16: bytes) -> bool:
+        """Queue audio; False when the listener is that far behind (the frame is dropped: the
+        session never stops reading its socket for speech input)."""
+        try:
+            self._queue.put_nowait(("audio", pcm16))
+        except asyncio.QueueFull:
+            return False
+        return True
 
     async def commit(self) -> None:
         await self._queue.put(("commit", b""))
@@ -177,6 +186,9 @@ class Listener:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         self._drop_speculation()
+        if self._answering is not None:
+            self._answering.cancel()
+            await asyncio.gather(self._answering, return_exceptions=True)
         with suppress(Exception):  # the worker may be gone; its state goes with it then
             async with asyncio.timeout(2):
                 await self.vad.close(self._stream)
@@ -259,9 +271,10 @@ class Listener:
         if self.settings.echo_guard:
             audio = self._slice(candidate.start_ms, candidate.at_ms)
             try:
-                heard = await self.stt.transcribe(audio, self.settings.language)
-            except STTError as exc:
-                log.warning("echo check failed (%s): taking it as the user", exc)
+                async with asyncio.timeout(ECHO_CHECK_TIMEOUT_S):
+                    heard = await self.stt.transcribe(audio, self.settings.language)
+            except (STTError, TimeoutError) as exc:
+                log.warning("echo check failed (%r): taking it as the user", exc)
             else:
                 if is_echo(heard.text, self.host.answer_words()):
                     log.info("speech over the answer taken as its echo: %r", heard.text)
@@ -290,7 +303,9 @@ class Listener:
         """A pause began: transcribe the turn so far now, while the silence rule waits."""
         self._drop_speculation()
         audio = self._slice(self._turn_from_ms, at_ms)
-        task = asyncio.create_task(self.stt.transcribe(audio, self.settings.language))
+        task = asyncio.create_task(
+            self.stt.transcribe(audio, self.settings.language), name="speculation"
+        )
         task.add_done_callback(_consume_exception)
         self._speculation = (at_ms, task)
 
@@ -317,15 +332,39 @@ class Listener:
         )
         speculation, self._speculation = self._speculation, None
         self._forget_until(end_ms)
+        pending: asyncio.Future[Transcript]
+        if speculation is not None and speculation[0] == end_ms:
+            self.stats.speculative_used += 1
+            pending = speculation[1]
+        else:
+            if speculation is not None:
+                speculation[1].cancel()
+                self.stats.speculative_discarded += 1
+            pending = asyncio.create_task(
+                self.stt.transcribe(audio, self.settings.language), name="transcription"
+            )
+            pending.add_done_callback(_consume_exception)
+        # Transcribing runs beside the listener, which keeps hearing (a barge-in, the next
+        # turn) however long the recognizer takes; turns are answered in the order they ended.
+        previous = self._answering
+        self._answering = asyncio.create_task(
+            self._answer_turn(item_id, pending, ended_at, previous), name="speech-turn"
+        )
+
+    async def _answer_turn(
+        self,
+        item_id: str,
+        pending: asyncio.Future[Transcript],
+        ended_at: float,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
         try:
-            if speculation is not None and speculation[0] == end_ms:
-                self.stats.speculative_used += 1
-                transcript = await speculation[1]
-            else:
-                if speculation is not None:
-                    speculation[1].cancel()
-                    self.stats.speculative_discarded += 1
-                transcript = await self.stt.transcribe(audio, self.settings.language)
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            transcript = await pending
+        except asyncio.CancelledError:
+            pending.cancel()  # (it may not have been awaited yet)
+            raise
         except STTError as exc:
             await self.host.send(
                 protocol.error(protocol.STT_FAILED, f"speech recognition failed: {exc}")
@@ -371,6 +410,8 @@ class Listener:
         self._turn_ended = False
 
     async def _on_clear(self) -> None:
+        if self._answering is not None:  # `cleared` comes after every ended turn's transcript
+            await asyncio.gather(self._answering, return_exceptions=True)
         self._drop_speculation()
         self._detector.reset()
         self._heard_speech, self._speech_run, self._turn_ended = False, 0, False

@@ -90,6 +90,11 @@ class OpenAISTT:
         files = {"file": ("turn.wav", wav_bytes(pcm16), "audio/wav")}
         try:
             response = await self._client.post(self.url, data=data, files=files)
+        except httpx.TimeoutException:
+            timeout = self._client.timeout.read
+            raise STTError(
+                f"transcription server at {self.url} did not answer within {timeout:g} s"
+            ) from None
         except httpx.HTTPError as exc:
             raise STTError(f"transcription server at {self.url}: {exc!r}") from None
         if response.status_code != 200:
