@@ -132,7 +132,6 @@ class Listener:
         self._samples = 0  # appended so far: the session's audio clock
         self._audio = bytearray()  # the audio kept, from `_audio_from_ms` on
         self._audio_from_ms = 0.0
-        self._vad_windows = 0  # probabilities received: the VAD clock (may lag on restart)
         self._item_id = ""
         self._turn_from_ms = 0  # where the turn's audio begins (speech start - prefix)
         self._turn_ended = False  # a turn ended since the last commit/clear
@@ -223,8 +222,7 @@ class Listener:
             log.warning("VAD failed (%s); listening afresh", exc)
             self._stream = uuid.uuid4().hex
             self._detector.reset()
-            self._detector.windows = int(self.now_ms // WINDOW_MS)
-            self._vad_windows = self._detector.windows
+            self._detector.windows = int(self.now_ms // WINDOW_MS)  # the clocks agree again
             return
         if self.settings.turn_mode == PUSH_TO_TALK:
             self._push_to_talk_windows(probabilities)
