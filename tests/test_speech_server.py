@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +23,7 @@ import soxr
 
 from voicechat.audio.wav import decode_wav
 from voicechat.client.connection import ChatConnection
+from voicechat.settings import InputAudioSettings
 from voicechat.speech import SpeechInput
 from voicechat.tts.worker_voice import WorkerVoice
 from voicechat.workers.embedded import piper_worker
@@ -41,6 +44,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 RATE = 16000
 FRAME = 1600  # 100 ms per input_audio.append
 LISTENER_TASKS = ("listener", "speculation", "transcription", "speech-turn")
+# Tests that send a question twice, at once: more than the default 5 s burst of audio.
+ROOMY = InputAudioSettings(burst_s=30.0)
 ANSWER = [
     "The capital of France is Paris. ",
     "It is a large city on the river Seine, with many museums and old bridges. ",
@@ -338,3 +343,54 @@ async def test_the_answers_own_voice_coming_back_does_not_interrupt(
         rest = await read_answer(connection)
     assert "input_audio.speech_started" not in kinds(judged)
     assert [e["status"] for e in rest if e["type"] == "response.done"] == ["completed"]
+
+
+async def test_a_recognizer_crash_costs_that_turn_only(speech: SpeechInput) -> None:
+    """Whisper dies while a turn is being transcribed: that turn is `stt_failed`; the session
+    stays, and once the worker is back the next turn is heard."""
+    whisper = speech.stt.worker  # type: ignore[attr-defined]
+    question = pad(spoken_pcm("What is the capital of France?"), 0.3, 1.0)
+    async with (
+        running_server(scripted_backend(["Paris."]), speech=speech, input_audio=ROOMY) as server,
+        ChatConnection(server.url) as connection,
+    ):
+        pid = whisper.pid
+        os.kill(pid, signal.SIGSTOP)  # it takes the turn's request and never answers it...
+        try:
+            await send_audio(connection, question)
+            await read_until(connection, "input_audio.committed")
+            async with asyncio.timeout(WAIT_S):  # the turn's request reaches the worker's pipe
+                # A condition the worker exposes, with no event to wait on.
+                while whisper.health()["in_flight"] == 0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        finally:
+            os.kill(pid, signal.SIGKILL)  # ...then dies with it in flight
+        error = await read_until(connection, "error")
+        assert error["code"] == "stt_failed"
+        await send_audio(connection, question)
+        events = await read_answer(connection)
+    transcript = next(e for e in events if e["type"] == "input_audio.transcript")
+    assert "capital of france" in transcript["text"].lower()
+    assert whisper.pid != pid
+
+
+async def test_a_vad_crash_mid_turn_loses_that_turn_and_listening_goes_on(speech: SpeechInput):
+    vad = speech.vad.worker
+    question = spoken_pcm("What is the capital of France?")
+    async with (
+        running_server(scripted_backend(["Paris."]), speech=speech, input_audio=ROOMY) as server,
+        ChatConnection(server.url) as connection,
+    ):
+        await send_audio(connection, question[: len(question) // 2])
+        await read_until(connection, "input_audio.speech_started")
+        pid = vad.pid
+        os.kill(pid, signal.SIGKILL)
+        await send_audio(connection, pad(question[len(question) // 2 :], 0, 1.0))
+        judged = await heard(connection)
+        if "response.created" in kinds(judged):  # the second half, heard as a turn of its own
+            await read_answer(connection)
+        await send_audio(connection, pad(question, 0.3, 1.0))
+        events = await read_answer(connection)
+    transcript = next(e for e in events if e["type"] == "input_audio.transcript")
+    assert "capital of france" in transcript["text"].lower()
+    assert vad.pid != pid
