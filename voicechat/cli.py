@@ -25,6 +25,7 @@ from voicechat.settings import (
     EXIT_ENGINE,
     EXIT_USAGE,
     BackendOptions,
+    InputAudioSettings,
     PipelineSettings,
     ServerConfig,
     exposure_problem,
@@ -56,6 +57,7 @@ log = logging.getLogger("voicechat")
 SERVER, CONNECTION, OUTPUT, AUDIO = "Server", "Connection", "Output", "Audio"
 BACK_ENDS, LOCAL, FISH = "Back ends", "Local models", "Fish Speech"
 SECURITY, LIMITS, TUNING = "Security", "Limits", "Tuning (rarely needed)"
+SPEECH = "Speech input"
 
 
 def _option(
@@ -172,9 +174,24 @@ ToneRtf = Annotated[
     float, _option("--tone-rtf", "Tone voice: time per audio second.", TUNING, "X", minimum=0.0)
 ]
 LogLevel = Annotated[str, _option("--log-level", "debug, info, warning or error.", SERVER, "LEVEL")]
+# Speech input (the server hears the user): shared by `serve`, `talk` and `ask` (embedded).
+Stt = Annotated[str, _option("--stt", "whisper, openai or none.", SPEECH, "STT")]
+SttModel = Annotated[str, _option("--stt-model", "tiny.en or base.", SPEECH, "NAME")]
+SttLanguage = Annotated[
+    str | None, _option("--stt-language", "en, ko, ... (default: en, or detect).", SPEECH, "CODE")
+]
+SttUrl = Annotated[
+    str | None,
+    _option("--stt-url", "Server for --stt openai (…/v1).", SPEECH, "URL"),
+]
+SttOpenaiModel = Annotated[str, _option("--stt-openai-model", "Its model name.", SPEECH, "NAME")]
+SttApiKey = Annotated[
+    str | None, _option("--stt-api-key", "Its key; else $OPENAI_API_KEY.", SPEECH, "KEY")
+]
 
 DEFAULTS = BackendOptions()
 SERVER_DEFAULTS = ServerConfig()
+INPUT_AUDIO = SERVER_DEFAULTS.input_audio
 PIPELINE = PipelineSettings()
 
 
@@ -234,7 +251,9 @@ async def running_server(options: BackendOptions, config: ServerConfig, tally: A
 
     async with AsyncExitStack() as stack:
         backends = await open_backends(options, stack)
-        server = VoiceChatServer(backends.chat, backends.tts, config, backends.workers, tally)
+        server = VoiceChatServer(
+            backends.chat, backends.tts, config, backends.workers, tally, backends.speech
+        )
         await server.start()
         try:
             yield server
@@ -247,7 +266,7 @@ def _run(main: Any) -> int:
     engine that cannot start (or crashes in its self-check) one line and exit code 4."""
     import asyncio
 
-    from voicechat.config import ConfigError
+    from voicechat.settings import ConfigError
     from voicechat.workers import WorkerStartError
 
     try:
@@ -287,6 +306,34 @@ def serve(
     fish_api_key: FishApiKey = None,
     fish_reference_id: FishReferenceId = None,
     fish_streaming: FishStreaming = True,
+    stt: Stt = DEFAULTS.stt,
+    stt_model: SttModel = DEFAULTS.stt_model,
+    stt_language: SttLanguage = None,
+    stt_url: SttUrl = None,
+    stt_openai_model: SttOpenaiModel = DEFAULTS.stt_openai_model,
+    stt_api_key: SttApiKey = None,
+    silence_ms: Annotated[
+        int,
+        _option(
+            "--silence-ms",
+            "Silence ending a turn.",
+            SPEECH,
+            "MS",
+            minimum=200,
+            maximum=3000,
+        ),
+    ] = INPUT_AUDIO.silence_ms,
+    barge_in_ms: Annotated[
+        int,
+        _option(
+            "--barge-in-ms",
+            "Speech to interrupt.",
+            SPEECH,
+            "MS",
+            minimum=0,
+            maximum=5000,
+        ),
+    ] = INPUT_AUDIO.barge_in_ms,
     token: Token = None,
     allow_origin: Annotated[
         list[str],
@@ -409,6 +456,7 @@ def serve(
             max_answer_tokens=max_answer_tokens,
             max_answer_audio_s=max_answer_audio,
         ),
+        input_audio=InputAudioSettings(silence_ms=silence_ms, barge_in_ms=barge_in_ms),
     )
     if not is_loopback(host) and not token:
         log.warning("serving on %s without a token (--insecure)", host)
@@ -466,6 +514,15 @@ def ask_command(
         str | None,
         typer.Argument(help="The message; '-' reads it from standard input.", metavar="TEXT"),
     ] = None,
+    audio: Annotated[
+        Path | None,
+        _option(
+            "--audio", "Ask by voice: a WAV file instead of TEXT.", "Question", "WAV", env=False
+        ),
+    ] = None,
+    realtime: Annotated[
+        bool, _flag("--realtime", "Send --audio at 1x, as a microphone would.", "Question")
+    ] = False,
     out: Annotated[
         Path | None,
         _option("--out", "Write the answer's audio to a WAV file.", OUTPUT, "WAV", env=False),
@@ -498,27 +555,50 @@ def ask_command(
     fish_api_key: FishApiKey = None,
     fish_reference_id: FishReferenceId = None,
     fish_streaming: FishStreaming = True,
+    stt: Stt = DEFAULTS.stt,
+    stt_model: SttModel = DEFAULTS.stt_model,
+    stt_language: SttLanguage = None,
+    stt_url: SttUrl = None,
+    stt_openai_model: SttOpenaiModel = DEFAULTS.stt_openai_model,
     tone_latency_ms: ToneLatency = 0.0,
     tone_rtf: ToneRtf = 0.0,
 ) -> None:
-    """Ask one question: text to stdout, audio to --out or the speakers.
+    """Ask one question, typed or spoken (--audio): text to stdout, audio to --out or speakers.
 
-    Exit codes: 0 answered, 1 failed, 2 usage, 3 unreachable, 4 engine failed.
+    Exit codes: 0 answered, 1 failed or no speech heard, 2 usage, 3 unreachable, 4 engine failed.
     """
     if list_devices:
         _print_devices()
+    if audio is not None and text is not None:
+        raise _fail("ask with TEXT or with --audio FILE, not both")
+    if realtime and audio is None:
+        raise _fail("--realtime paces the sending of --audio FILE; give --audio")
     if text == "-":
         text = sys.stdin.read()
-    if not text or not text.strip():
-        raise _fail("the message is empty: `voicechat ask \"Hello\"`, or '-' to read stdin")
-    from voicechat.audio.player import AudioUnavailable
-    from voicechat.client.ask import ask
+    if audio is None and (not text or not text.strip()):
+        raise _fail(
+            "the message is empty: `voicechat ask \"Hello\"`, '-' to read stdin, "
+            "or --audio FILE.wav to ask by voice"
+        )
+    import dataclasses
 
+    from voicechat.audio.player import AudioUnavailable
+    from voicechat.client.ask import SpeechFileError, ask, load_speech
+
+    speech = None
+    if audio is not None:
+        try:
+            speech = load_speech(audio, realtime=realtime)
+        except SpeechFileError as exc:
+            raise _fail(str(exc)) from None
     options = _backend_options(locals())
+    if speech is None:  # a text question: the private server needs no speech recognizer
+        options = dataclasses.replace(options, stt="none")
 
     async def run(player: AudioPlayer | None) -> int:
         kwargs: dict[str, Any] = {
-            "out": out, "json_lines": json_lines, "player": player, "token": token
+            "speech": speech, "out": out, "json_lines": json_lines, "player": player,
+            "token": token,
         }  # fmt: skip
         if not embedded:
             return await ask(text, server_url=server, **kwargs)
@@ -545,7 +625,17 @@ def talk(
     ] = None,
     token: ClientToken = None,
     device: Device = None,
-    list_devices: ListDevices = False,
+    mic: Annotated[bool, _flag("--mic", "Speak as well as type (hands-free).", AUDIO)] = False,
+    push_to_talk: Annotated[
+        bool, _flag("--push-to-talk", "Speak with --mic: F5 starts a turn, F5 sends it.", AUDIO)
+    ] = False,
+    input_device: Annotated[
+        str | None,
+        _option("--input-device", "Microphone: index or name (--list-devices).", AUDIO, "DEV"),
+    ] = None,
+    list_devices: Annotated[
+        bool, _flag("--list-devices", "List audio outputs and inputs, and exit.", AUDIO)
+    ] = False,
     llm: Llm = DEFAULTS.llm,
     tts: Tts = DEFAULTS.tts,
     memory: Memory = DEFAULTS.memory,
@@ -560,17 +650,46 @@ def talk(
     fish_api_key: FishApiKey = None,
     fish_reference_id: FishReferenceId = None,
     fish_streaming: FishStreaming = True,
+    stt: Stt = DEFAULTS.stt,
+    stt_model: SttModel = DEFAULTS.stt_model,
+    stt_language: SttLanguage = None,
+    stt_url: SttUrl = None,
+    stt_openai_model: SttOpenaiModel = DEFAULTS.stt_openai_model,
+    stt_api_key: SttApiKey = None,
     tone_latency_ms: ToneLatency = 0.0,
     tone_rtf: ToneRtf = 0.0,
 ) -> None:
     """Chat and hear the answers: Enter sends, Esc stops, Ctrl+T mutes, Ctrl+Q quits.
 
+    --mic: speak as well (the server hears each turn); --push-to-talk: F5 starts and sends one.
+
     Without --server, an embedded server with the back ends below runs in this process on a
     free loopback port and stops when you quit.
     """
     if list_devices:
-        _print_devices()
+        try:
+            _print_devices()  # the outputs; it ends the command
+        except typer.Exit as done:
+            if done.exit_code == 0:  # PortAudio works: the inputs too
+                from voicechat.audio.mic import list_input_devices
+
+                typer.echo("inputs (--input-device):")
+                inputs = list_input_devices()
+                for dev in inputs:
+                    mark = "*" if dev["default"] else " "
+                    typer.echo(
+                        f"{mark} {dev['index']:>3}  {dev['name']}  ({dev['hostapi']}, "
+                        f"{dev['channels']} ch, {dev['sample_rate']} Hz)"
+                    )
+                if not inputs:
+                    typer.echo("  (no microphone found; `voicechat doctor` says why)")
+            raise
+    mic = mic or push_to_talk
     options = _backend_options(locals())
+    if not mic:  # nothing to hear: the embedded server needs no speech recognizer
+        import dataclasses
+
+        options = dataclasses.replace(options, stt="none")
 
     async def run() -> int:
         if server is not None:
@@ -589,7 +708,14 @@ def talk(
         from voicechat.tui.app import VoiceChatApp
 
         logging.basicConfig(level=logging.WARNING, handlers=[TextualHandler()], force=True)
-        return VoiceChatApp(url, device=_parse_device(device), token=token)
+        return VoiceChatApp(
+            url,
+            device=_parse_device(device),
+            token=token,
+            mic=mic,
+            input_device=_parse_device(input_device),
+            push_to_talk=push_to_talk,
+        )
 
     raise typer.Exit(_run(run()))
 

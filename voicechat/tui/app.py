@@ -4,6 +4,13 @@ One connection task owns the WebSocket: it connects (or reconnects with backoff,
 conversation), reads events and applies them to the transcript and the player. The player
 (voicechat.audio.player) plays every audio chunk in one gapless queue; a 20 Hz timer asks it which
 unit is being heard and highlights that unit, so the highlight follows the sound, not the network.
+
+With `mic=True` a second task streams the microphone (voicechat.audio.mic) to the server as
+`input_audio.append` frames: hands-free, the server's VAD finds the turns; with push-to-talk, F5
+starts a turn and F5 again commits it. The server's `input_audio.*` events drive the state in the
+status line (listening, heard you, thinking, speaking) and put the transcript in as the user's
+turn. When the user starts speaking over an answer (`speech_started`), playback stops at once and
+the server is told how much of that answer was heard (`response.truncate`).
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
 from textual.widgets import Footer, Input, Static
 
+from voicechat.audio.mic import Microphone, MicUnavailable, meter_bar
 from voicechat.audio.player import AudioPlayer, AudioUnavailable
 from voicechat.audio.wav import WavError
 from voicechat.client.connection import ChatConnection, ConnectionLost, ServerUnavailable
@@ -27,20 +36,32 @@ from voicechat.client.connection import ChatConnection, ConnectionLost, ServerUn
 log = logging.getLogger("voicechat.talk")
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # then every 8 s
+TALK_KEY = "f5"  # push-to-talk: start a turn, then commit it (a terminal has no key-up)
+# How the server's errors about speech input begin (an audio frame, a truncate, recognition):
+# unlike those about a typed message, they refuse no message waiting for its answer.
+SPEECH_ERRORS = (
+    "audio ", "'audio'", "input_audio", "one input_audio", "response.truncate", "cannot truncate",
+    "speech ",
+)  # fmt: skip
 
 
 class UserLine(Static):
-    """One message the user sent."""
+    """One message the user sent, typed or spoken (the server's transcript)."""
 
-    def __init__(self, text: str) -> None:
-        super().__init__(Text.assemble(("you  ", "bold cyan"), text), classes="user")
+    def __init__(self, text: str, *, spoken: bool = False) -> None:
+        super().__init__(
+            Text.assemble(("you  ", "bold cyan"), text), classes="user spoken" if spoken else "user"
+        )
 
 
 class NoticeLine(Static):
-    """Errors and connection changes, in the transcript where they happened."""
+    """Errors and connection changes, in the transcript where they happened.
 
-    def __init__(self, text: str) -> None:
-        super().__init__(Text(text, style="italic yellow"), classes="notice")
+    `quiet`: a remark rather than a problem (a turn the server heard no words in)."""
+
+    def __init__(self, text: str, *, quiet: bool = False) -> None:
+        style = "italic dim" if quiet else "italic yellow"
+        super().__init__(Text(text, style=style), classes="notice quiet" if quiet else "notice")
 
 
 class AnswerView(Static):
@@ -54,6 +75,7 @@ class AnswerView(Static):
         self.heard: int | None = None
         self.status = ""  # the response.done status, once it came
         self.silenced = False  # stopped here (Esc, barge-in): late audio of it is dropped
+        self.kept: str | None = None  # after response.truncated: the part the user heard
 
     def add_text(self, delta: str) -> None:
         self.text += delta
@@ -66,6 +88,8 @@ class AnswerView(Static):
         )
         if span:
             body.stylize("bold reverse", *span)
+        if self.kept is not None and self.text.startswith(self.kept):
+            body.stylize("dim", len(self.kept), len(self.text))  # never heard: not remembered
         label = Text("voicechat  ", style="bold magenta")
         tail = (
             Text(f"  [{self.status}]", style="dim") if self.status not in ("", "completed") else ""
@@ -99,6 +123,7 @@ class VoiceChatApp(App[None]):
     BINDINGS: ClassVar[list[Binding]] = [
         Binding("escape", "stop_speaking", "Stop speaking"),
         Binding("ctrl+t", "toggle_mute", "Mute"),
+        Binding(TALK_KEY, "push_to_talk", "Talk", priority=True),  # shown with push-to-talk only
         Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
@@ -109,12 +134,33 @@ class VoiceChatApp(App[None]):
         *,
         device: int | str | None = None,
         token: str | None = None,
+        mic: bool = False,
+        input_device: int | str | None = None,
+        push_to_talk: bool = False,
     ) -> None:
-        """Talk to the server at `server_url` (`voicechat talk` starts an embedded one first)."""
+        """Talk to the server at `server_url` (`voicechat talk` starts an embedded one first).
+
+        `mic`: speak as well as type (`input_device`: index or name, None for the default);
+        `push_to_talk`: turns start and end with F5 instead of the server's VAD.
+        """
         super().__init__()
         self.server_url = server_url
         self.device = device
         self.token = token
+        self.mic_wanted = mic or push_to_talk
+        self.input_device = input_device
+        self.push_to_talk = push_to_talk
+        self.microphone: Microphone | None = None
+        self.speech_input = False  # the microphone streams to this connection
+        self.recording = False  # push-to-talk: a turn is being recorded
+        self.voice_phase: str | None = None  # "heard you", "thinking"; None: listening
+        self.voice_pending: dict[str, AnswerView] = {}  # a spoken turn's item_id -> its answer
+        self._speech_off_told = False
+        # Where each answer's audio starts in the player's count of samples played (None:
+        # behind other audio, found when it is first heard); what is owed a response.truncate.
+        self._audio_start: dict[str, int | None] = {}
+        self._last_audio: str | None = None  # the answer whose audio was queued last
+        self._truncations: dict[str, int] = {}  # response_id -> audio_end_ms, sent once done
         self.player: AudioPlayer | None = None
         self.audio_note = ""
         self.connection: ChatConnection | None = None
@@ -137,13 +183,33 @@ class VoiceChatApp(App[None]):
     async def on_mount(self) -> None:
         self.query_one("#message", Input).focus()
         self._open_player()
+        if self.mic_wanted:
+            self._open_microphone()
         self.set_interval(0.05, self._follow_playback)
         self._refresh_status()
         self.run_worker(self._connection_loop(), name="connection", exclusive=True)
+        if self.microphone is not None:
+            self.run_worker(self._stream_microphone(), name="microphone", group="microphone")
 
     async def on_unmount(self) -> None:
+        if self.microphone is not None:
+            self.microphone.close()
         if self.player is not None:
             self.player.close()
+
+    def _open_microphone(self) -> None:
+        try:
+            microphone = Microphone(self.input_device)
+            microphone.start()
+        except MicUnavailable as exc:
+            self._notice(f"{str(exc)[0].upper()}{str(exc)[1:]}; type instead.")
+            return
+        self.microphone = microphone
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "push_to_talk":  # the key exists (and shows) only with push-to-talk
+            return self.push_to_talk and self.microphone is not None
+        return True
 
     def _open_player(self) -> None:
         try:
@@ -160,6 +226,13 @@ class VoiceChatApp(App[None]):
     # --- the connection -----------------------------------------------------------------------
 
     async def _connection_loop(self) -> None:
+        try:
+            await self._converse()
+        except NoMatches:
+            pass  # the app is closing: its widgets are gone before this task is cancelled
+
+    async def _converse(self) -> None:
+        """Connect, show every event, reconnect with backoff when the connection drops."""
         url = self.server_url
         failures = 0
         while True:
@@ -187,20 +260,55 @@ class VoiceChatApp(App[None]):
             await connection.send({"type": "session.resume", "session_id": self.session_id})
         else:
             self.session_id = created.get("session_id")
+        if self.microphone is not None:
+            await self._start_speech_input(connection)
         self.connection = connection
         self.connection_state = "connected"
         self._refresh_status()
 
+    async def _start_speech_input(self, connection: ChatConnection) -> None:
+        """Stream the microphone to this connection, if its server takes speech input."""
+        if connection.session.get("stt") is None:
+            self._speech_input_off()
+            return
+        if self.push_to_talk:
+            await connection.update_session(turn_mode="push_to_talk")
+        self.speech_input = True
+
+    def _speech_input_off(self) -> None:
+        self.speech_input = False
+        if not self._speech_off_told:
+            self._speech_off_told = True
+            self._notice("The server has speech input off (`serve --stt none`); type instead.")
+
     def _on_disconnected(self, reason: str) -> None:
         if self.connection is not None or self.connection_state == "connected":
             self._notice(f"Disconnected: {reason}")
-        for view in [*self.pending, *self.answers.values()]:
+        for view in [*self.pending, *self.voice_pending.values(), *self.answers.values()]:
             if not view.status:
                 view.status = "interrupted"
                 view.refresh_text()
         self.pending.clear()
+        self.voice_pending.clear()
+        self.speech_input = self.recording = False
+        self.voice_phase = None
+        self._truncations.clear()
         if self.player is not None:
             self.player.flush()
+
+    async def _stream_microphone(self) -> None:
+        """Send every microphone frame to the server while speech input is on."""
+        assert self.microphone is not None
+        async for frame in self.microphone.frames():
+            connection = self.connection
+            if connection is None or not self.speech_input:
+                continue  # nobody to send to: the frame is only metered
+            if self.push_to_talk and not self.recording:
+                continue
+            try:
+                await connection.append_audio(frame)
+            except ConnectionLost:
+                pass  # the connection task notices, says so and reconnects
 
     # --- events from the server ---------------------------------------------------------------
 
@@ -208,7 +316,11 @@ class VoiceChatApp(App[None]):
         """Show one server event (public so tests and tools can drive the UI directly)."""
         kind = event.get("type")
         if kind == "response.created":
-            view = self.pending.pop(0) if self.pending else self._add_answer()
+            reply_to = event.get("in_reply_to")
+            if reply_to is not None:  # a spoken turn (typed messages carry no id)
+                view = self.voice_pending.pop(reply_to, None) or self._add_answer()
+            else:
+                view = self.pending.pop(0) if self.pending else self._add_answer()
             view.response_id = event["response_id"]
             self.answers[view.response_id] = view
         elif kind == "text.delta":
@@ -225,6 +337,27 @@ class VoiceChatApp(App[None]):
             self._notice(f"Reconnected: the conversation continues ({count} messages kept).")
         elif kind == "error":
             self._on_error(event)
+        elif kind == "input_audio.speech_started":
+            self.voice_phase = None  # listening to the user
+            self._interrupt_playback()
+        elif kind in ("input_audio.speech_stopped", "input_audio.committed"):
+            self.voice_phase = "heard you"
+        elif kind == "input_audio.transcript":
+            self._on_transcript(event)
+        elif kind == "response.truncated":
+            if view := self.answers.get(event.get("response_id", "")):
+                view.kept = event.get("text", "")
+                view.refresh_text()
+        self._refresh_status()
+
+    def _on_transcript(self, event: dict[str, Any]) -> None:
+        """What the user said: their turn in the transcript, then its answer's place."""
+        text = event.get("text", "").strip()
+        if not text:
+            return  # no words: `error` no_speech follows, and no answer
+        self.query_one("#transcript", VerticalScroll).mount(UserLine(text, spoken=True))
+        self.voice_pending[event.get("item_id", "")] = self._add_answer()
+        self.voice_phase = "thinking"
 
     def _play_chunk(self, event: dict[str, Any]) -> None:
         view = self.answers.get(event.get("response_id", ""))
@@ -232,6 +365,12 @@ class VoiceChatApp(App[None]):
             return  # an answer we already stopped
         if event.get("text"):
             view.units[event["segment"]] = event["text"]
+        if view.response_id not in self._audio_start:
+            # Nothing queued: this answer starts where playback stands now (else: see
+            # _follow_playback); the count of samples heard since tells what was heard of it.
+            idle = not self.player.queue.busy
+            self._audio_start[view.response_id] = self.player.stats.samples_played if idle else None
+        self._last_audio = view.response_id
         try:
             wav = base64.b64decode(event["audio"], validate=True)
             self.player.enqueue_wav(wav, (view.response_id, event["segment"]))
@@ -251,10 +390,25 @@ class VoiceChatApp(App[None]):
         )
         if self.player is not None and view is not None and not view.silenced:
             self.player.finish()  # the queue may now run dry without an underrun
+        if self.voice_phase == "thinking" and (self.player is None or not self.player.queue.busy):
+            self.voice_phase = None  # an answer with no audio to wait for
+        response_id = event.get("response_id", "")
+        if response_id in self._truncations:
+            self._send_truncate(response_id, self._truncations.pop(response_id))
         self._refresh_status()
 
     def _on_error(self, event: dict[str, Any]) -> None:
         code, message = event.get("code"), event.get("message", "")
+        if code == "no_speech":  # a turn with no words in it: a remark, not a failure
+            self.voice_phase = None
+            self._notice("Didn't catch that.", quiet=True)
+            return
+        if code == "speech_input_off":
+            self._speech_input_off()
+            return
+        if message.startswith(SPEECH_ERRORS):  # about audio, not about a typed message
+            self._notice(f"{code}: {message}")
+            return
         if code == "unknown_session":
             self._notice("The server does not know our conversation; starting a new one.")
             if self.connection is not None:  # this connection's own session is the new one
@@ -280,6 +434,7 @@ class VoiceChatApp(App[None]):
         transcript = self.query_one("#transcript", VerticalScroll)
         await transcript.mount(UserLine(text))
         self.pending.append(self._add_answer())
+        self.voice_phase = "thinking"
         try:
             await self.connection.send_user_message(text)
         except ConnectionLost as exc:
@@ -299,6 +454,77 @@ class VoiceChatApp(App[None]):
                 await self.connection.cancel()
             except ConnectionLost:
                 pass
+
+    def _interrupt_playback(self) -> None:
+        """The user speaks over an answer: silence it now and report how much was heard.
+
+        `response.truncate` is only accepted once the answer is done, so it waits for its
+        response.done when the answer is still being written.
+        """
+        response_id = self._audible_answer()
+        heard_ms = self._heard_ms(response_id) if response_id is not None else 0
+        self._stop_local_audio()
+        if response_id is None:
+            return
+        view = self.answers.get(response_id)
+        if view is not None and view.status:
+            self._send_truncate(response_id, heard_ms)
+        else:
+            self._truncations[response_id] = heard_ms
+
+    def _audible_answer(self) -> str | None:
+        """The answer being heard, or whose audio is queued to be heard next."""
+        if self.player is None:
+            return None
+        playing = self.player.now_playing
+        if isinstance(playing, tuple):
+            return playing[0]
+        return self._last_audio if self.player.queue.busy else None
+
+    def _heard_ms(self, response_id: str) -> int:
+        """How much of an answer's audio has reached the listener's ears, in ms."""
+        start = self._audio_start.get(response_id)
+        if self.player is None or start is None:
+            return 0
+        played = self.player.stats.samples_played - start
+        in_device_s = self.player.queue.output_latency_s  # handed over, not yet heard
+        return max(0, round(1000 * (played / self.player.sample_rate - in_device_s)))
+
+    def _send_truncate(self, response_id: str, audio_end_ms: int) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+
+        async def send() -> None:
+            try:
+                await connection.truncate_response(response_id, audio_end_ms)
+            except ConnectionLost:
+                pass
+
+        self.run_worker(send(), group="truncate")
+
+    async def action_push_to_talk(self) -> None:
+        """F5 (push-to-talk): start a turn (barge-in, like speaking), or end it (commit)."""
+        connection = self.connection
+        if self.microphone is None or connection is None or not self.speech_input:
+            self.notify("Not connected yet.", severity="warning")
+            return
+        try:
+            if not self.recording:
+                self.microphone.read_nowait()  # from now on, not what was said before
+                self.recording = True
+                self.voice_phase = None
+                self._interrupt_playback()
+                await connection.cancel()
+            else:
+                self.recording = False
+                for frame in self.microphone.read_nowait():  # the last words before F5
+                    await connection.append_audio(frame)
+                await connection.commit_audio()
+                self.voice_phase = "heard you"
+        except ConnectionLost:
+            pass
+        self._refresh_status()
 
     def _stop_local_audio(self) -> None:
         if self.player is not None:
@@ -321,6 +547,10 @@ class VoiceChatApp(App[None]):
         """Highlight the unit being heard; runs 20 times a second."""
         playing = self.player.now_playing if self.player is not None else None
         response_id, segment = playing if isinstance(playing, tuple) else (None, None)
+        if response_id is not None:
+            self.voice_phase = None  # speaking now
+            if self._audio_start.get(response_id, 0) is None and self.player is not None:
+                self._audio_start[response_id] = self.player.stats.samples_played
         for view in self.answers.values():
             heard = segment if view.response_id == response_id else None
             if view.heard != heard:
@@ -328,9 +558,9 @@ class VoiceChatApp(App[None]):
                 view.refresh_text()
         self._refresh_status()
 
-    def _notice(self, text: str) -> None:
+    def _notice(self, text: str, *, quiet: bool = False) -> None:
         if self.is_mounted:
-            self.query_one("#transcript", VerticalScroll).mount(NoticeLine(text))
+            self.query_one("#transcript", VerticalScroll).mount(NoticeLine(text, quiet=quiet))
             self._scroll_to_end()
 
     def _scroll_to_end(self) -> None:
@@ -345,8 +575,27 @@ class VoiceChatApp(App[None]):
         underruns = player.stats.underruns
         return f"{state}{note} · {underruns} underrun{'' if underruns == 1 else 's'}"
 
+    def mic_state(self) -> str:
+        """listening, heard you, thinking, speaking (push-to-talk: recording, or the key)."""
+        if self.microphone is None:
+            return "no microphone"
+        if self.connection is None:
+            return "waiting for the server"
+        if not self.speech_input:
+            return "speech input off"
+        if self.recording:
+            return f"recording, {TALK_KEY.upper()} to send"
+        if self.player is not None and self.player.now_playing is not None:
+            return "speaking"
+        if self.voice_phase:
+            return self.voice_phase
+        return f"{TALK_KEY.upper()} to talk" if self.push_to_talk else "listening"
+
     def status_text(self) -> str:
         parts = [self.connection_state]
+        if self.mic_wanted:  # first: what the user is talking to needs to stay in view
+            meter = f"mic {meter_bar(self.microphone.peak_db)} " if self.microphone else ""
+            parts.append(meter + self.mic_state())
         if self.backends:
             parts.append(self.backends)
         if self.last_metrics:
