@@ -342,6 +342,8 @@ class Worker:
                 log.warning("%s worker (pid %d) did not exit; killing it", self.kind, current.pid)
         current.kill()
         await process.wait()
+        if current.watchdog is not None:
+            current.watchdog.cancel()  # it would only notice the exit at its next 1 s tick
         for task in (current.reader, current.stderr, current.watchdog):
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
