@@ -15,7 +15,7 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -46,7 +46,7 @@ def chromium_missing() -> str | None:
     return None
 
 
-async def launch_chromium(playwright: Any, env: dict[str, str]) -> Any:
+async def launch_chromium(playwright: Any, env: dict[str, str], args: Sequence[str] = ()) -> Any:
     """Headless Chromium with sound on (Playwright mutes it by default) and no autoplay gate.
 
     The page still creates its AudioContext on the first real gesture (Safari's rule); the flag
@@ -57,9 +57,38 @@ async def launch_chromium(playwright: Any, env: dict[str, str]) -> Any:
         executable_path=str(CHROMIUM),
         headless=True,
         ignore_default_args=["--mute-audio"],
-        args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"],
+        args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required", *args],
         env=env,
     )
+
+
+def fake_microphone(wav: Path) -> list[str]:
+    """Chromium flags that make `wav` the microphone (played once from the start of each
+    capture, `%noloop`, then silence). Permission still follows the browser context: granted
+    with `context.grant_permissions(["microphone"])`, refused otherwise (headless, no prompt)."""
+    return [
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}%noloop",
+    ]
+
+
+def write_spoken_wav(path: Path, parts: Sequence[str | float]) -> Path:
+    """A WAV file of `parts`: text said by the embedded Piper voice (run here, in the test
+    process, not by the server under test), or seconds of silence."""
+    import piper
+
+    from voicechat.tts.piper import default_voice_path
+
+    voice = piper.PiperVoice.load(str(default_voice_path()))
+    rate = int(voice.config.sample_rate)
+    pcm = bytearray()
+    for part in parts:
+        if isinstance(part, str):
+            pcm += b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(part))
+        else:
+            pcm += bytes(2 * round(part * rate))
+    path.write_bytes(encode_wav(bytes(pcm), rate))
+    return path
 
 
 class PageErrors:
@@ -210,6 +239,7 @@ class ProtocolPeer:
     real server does only under a race)."""
 
     script: Callable[[Any], Awaitable[None]]
+    session: dict[str, Any] = field(default_factory=dict)  # more fields for session.created
     files: dict[str, Any] = field(default_factory=load_static_files)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -247,7 +277,7 @@ class ProtocolPeer:
     async def _run(self, connection: Any) -> None:
         await connection.send(json.dumps({
             "type": "session.created", "session_id": "peer-session",
-            "protocol": "voicechat.v1", "llm": "peer", "tts": "peer",
+            "protocol": "voicechat.v1", "llm": "peer", "tts": "peer", **self.session,
         }))  # fmt: skip
         try:
             await self.script(connection)

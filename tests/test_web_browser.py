@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ from .browser import (
     audio_chunk,
     chromium_missing,
     dominant_hz,
+    fake_microphone,
     launch_chromium,
     loud_span,
     open_chat,
@@ -47,8 +49,9 @@ from .browser import (
     state,
     text_delta,
     until,
+    write_spoken_wav,
 )
-from .conftest import running_server, scripted_backend
+from .conftest import WAIT_S, running_server, scripted_backend
 from .process_guard import owned_tempdir
 from .test_talk import memory_bot_server
 
@@ -103,15 +106,24 @@ async def pulse() -> AsyncIterator[PulseDaemon | None]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser(pulse: PulseDaemon | None) -> AsyncIterator[Any]:
-    """One Chromium for the module, its sound going to the private sink."""
+async def driver() -> AsyncIterator[Any]:
+    """Playwright, once for the module."""
     from playwright.async_api import async_playwright
 
-    env = {**os.environ, **(pulse.client_env if pulse else {})}
     async with async_playwright() as playwright:
-        browser = await launch_chromium(playwright, env)
-        yield browser
-        await browser.close()
+        yield playwright
+
+
+def browser_env(pulse: PulseDaemon | None) -> dict[str, str]:
+    return {**os.environ, **(pulse.client_env if pulse else {})}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser(driver: Any, pulse: PulseDaemon | None) -> AsyncIterator[Any]:
+    """One Chromium for the module, its sound going to the private sink."""
+    browser = await launch_chromium(driver, browser_env(pulse))
+    yield browser
+    await browser.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -761,3 +773,343 @@ async def test_the_embedded_models_answer_in_the_page_and_every_sample_is_played
     counts = s["player"]["answers"][answer["responseId"]]
     assert counts["sent"] > 22050 // 2  # at least half a second of real speech
     assert counts["sent"] == counts["received"] == counts["played"] and counts["dropped"] == 0
+
+
+# --- speech input ---------------------------------------------------------------------------
+#
+# Chromium plays a WAV file as the microphone (tests/browser.py: fake_microphone), once per
+# capture. The questions are said by the embedded Piper voice, made here; the server hears them
+# with the real Silero VAD and Whisper tiny.en (tests/speech_server.py), and answers with the
+# scripted LLM and the tone voice.
+
+QUESTION = "What is the capital of France?"
+ANSWER = "Paris is the capital of France."
+# An answer that plays for a while (about 15 s of tone), for a question to be spoken over it.
+LONG_ANSWER = [
+    "Paris is the capital of France.",
+    " It lies on the river Seine.",
+    " About two million people live in the city itself.",
+    " It is known for its museums and its cafes.",
+    " The Eiffel Tower was built for a world fair.",
+    " Many visitors come every single year.",
+]
+LONG_UNITS = [sentence.strip() for sentence in LONG_ANSWER]
+FOLLOW_UP = "How many legs does a spider have?"
+
+
+def words(text: str) -> list[str]:
+    return "".join(ch if ch.isalnum() else " " for ch in text.lower()).split()
+
+
+@pytest.fixture(scope="module")
+def question_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The question, with a second of silence before (the capture starts a little after the
+    file does) and silence after that ends the turn (far longer than the 600 ms rule)."""
+    path = tmp_path_factory.mktemp("speech") / "question.wav"
+    return write_spoken_wav(path, [1.0, QUESTION, 4.0])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def speech() -> AsyncIterator[Any]:
+    """The real speech input engines (Silero VAD, Whisper tiny.en), once for the module."""
+    from .speech_server import speech_input
+
+    async with speech_input() as engines:
+        yield engines
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mic_browser(
+    driver: Any, pulse: PulseDaemon | None, question_wav: Path
+) -> AsyncIterator[Any]:
+    """A Chromium whose microphone says the question."""
+    browser = await launch_chromium(driver, browser_env(pulse), fake_microphone(question_wav))
+    yield browser
+    await browser.close()
+
+
+@asynccontextmanager
+async def page_of(browser: Any, *, microphone: bool) -> AsyncIterator[Any]:
+    """A fresh page of `browser`, the microphone allowed or not (headless: no prompt, refused)."""
+    context = await browser.new_context(viewport={"width": 900, "height": 700})
+    if microphone:
+        await context.grant_permissions(["microphone"])
+    page = await context.new_page()
+    errors = PageErrors(page)
+    try:
+        yield page
+    finally:
+        await context.close()
+    assert not errors.errors
+
+
+def in_order(history: list[str], labels: list[str]) -> bool:
+    """`labels` appear in `history` in this order (others may come between)."""
+    remaining = iter(history)
+    return all(label in remaining for label in labels)
+
+
+async def mic_released(page: Any) -> dict[str, Any]:
+    return await until(
+        page,
+        "s => s.mic.state === 'off' && s.mic.capture.context === 'closed'"
+        " && s.mic.capture.tracks.every(t => t === 'ended') && s",
+        "the microphone released",
+    )
+
+
+async def test_a_spoken_question_is_transcribed_answered_and_played(
+    mic_browser: Any, speech: Any
+) -> None:
+    async with page_of(mic_browser, microphone=True) as page:
+        async with running_server(scripted_backend([ANSWER]), ToneTTS(), speech=speech) as server:
+            await open_chat(page, server.page_url)
+            # The page told the server its echo is cancelled: no echo guard, a quick barge-in.
+            s = await until(page, "s => s.mic.inputAudio?.echo_guard === false && s", "the update")
+            assert s["mic"]["stt"] == "whisper:tiny.en"
+            assert s["mic"]["inputAudio"]["barge_in_ms"] == 300
+            assert s["mic"]["button"] == {
+                "disabled": False,
+                "title": "Speak instead of typing (the microphone)",
+                "pressed": "false",
+            }
+
+            await page.get_by_role("button", name="Mic").click()
+            answer = await answer_done(page, 1)
+            s = await until(page, "s => s.mic.label === 'listening' && s", "listening again")
+            shown = await page.locator(".turn.user .body").inner_text()
+            assert await page.locator("#mic-state").inner_text() == "listening"
+
+            await page.get_by_role("button", name="Mic").click()  # off again
+            released = await mic_released(page)
+
+    user = s["turns"][0]
+    assert user["role"] == "user" and user["voice"] and user["text"] == shown
+    assert {"capital", "france"} <= set(words(user["text"])), user["text"]
+    assert answer["status"] == "completed" and answer["text"] == ANSWER and answer["voice"]
+    counts = s["player"]["answers"][answer["responseId"]]
+    assert counts["played"] == counts["received"] == samples_of([ANSWER]) and not counts["dropped"]
+
+    mic = s["mic"]
+    assert mic["frameBytes"] == {"1280": mic["framesSent"]}  # every frame: 40 ms at 16 kHz
+    assert mic["samplesSent"] == 640 * mic["framesSent"]
+    assert mic["peak"] > 0.5  # the meter moved with the voice
+    assert in_order(mic["history"], ["listening", "heard you", "thinking", "speaking", "listening"])
+    assert mic["truncates"] == [] and s["notices"] == []
+    assert released["mic"]["button"]["pressed"] == "false"
+
+
+async def test_speaking_over_an_answer_stops_it_and_the_history_keeps_what_was_heard(
+    driver: Any, pulse: PulseDaemon | None, speech: Any, tmp_path: Path
+) -> None:
+    # The first question, then (while its long answer plays) another one.
+    wav = write_spoken_wav(tmp_path / "two.wav", [1.0, QUESTION, 6.0, FOLLOW_UP, 4.0])
+    browser = await launch_chromium(driver, browser_env(pulse), fake_microphone(wav))
+    try:
+        async with page_of(browser, microphone=True) as page:
+            backend = scripted_backend(LONG_ANSWER)
+            async with running_server(backend, ToneTTS(), speech=speech) as server:
+                await open_chat(page, server.page_url)
+                await page.get_by_role("button", name="Mic").click()
+                s = await until(
+                    page,
+                    "s => s.mic.truncated.length === 1 && s.turns.length >= 4 && s",
+                    "the interruption and the second question",
+                )
+                second = await answer_done(page, 3)
+                s = await state(page)
+    finally:
+        await browser.close()
+
+    first = s["turns"][1]
+    # Written and sent in full long before it played out (completed), or cancelled by the
+    # server while still in flight: either way the page stopped it and said what was heard.
+    assert first["status"] in ("completed", "cancelled") and first["voice"]
+    counts = s["player"]["answers"][first["responseId"]]
+    rate = s["player"]["contextRate"]
+    heard_ms = round(counts["played"] * 1000 / rate)  # what the worklet played of it
+    assert counts["played"] + counts["dropped"] == counts["received"]
+    assert s["mic"]["truncates"] == [
+        {"type": "response.truncate", "response_id": first["responseId"], "audio_end_ms": heard_ms}
+    ]
+    starts, at = [], 0.0
+    for unit in LONG_UNITS:  # each unit's start on the answer's audio clock
+        starts.append(at)
+        at += len(tone_pcm(unit, RATE)) / 2 / RATE * 1000
+    kept = " ".join(
+        unit for unit, start in zip(LONG_UNITS, starts, strict=True) if start < heard_ms
+    )
+    assert s["mic"]["truncated"] == [
+        {"responseId": first["responseId"], "audioEndMs": heard_ms, "text": kept}
+    ]
+    assert heard_ms < at  # it was cut short
+    assert {"spider", "legs"} <= set(words(s["turns"][2]["text"])), s["turns"][2]["text"]
+    assert second["status"] == "completed" and second["voice"]
+
+
+async def test_a_denied_microphone_is_said_and_typing_still_works(
+    mic_browser: Any, speech: Any
+) -> None:
+    async with page_of(mic_browser, microphone=False) as page:
+        async with running_server(scripted_backend([ANSWER]), ToneTTS(), speech=speech) as server:
+            await open_chat(page, server.page_url)
+            await page.get_by_role("button", name="Mic").click()
+            s = await until(page, "s => s.mic.note && s", "the refusal")
+            assert s["mic"]["note"].startswith("The microphone is blocked for this page")
+            assert s["mic"]["state"] == "off" and s["mic"]["framesSent"] == 0
+            assert s["mic"]["button"]["pressed"] == "false"
+            assert s["mic"]["note"] in await page.locator("#voice").inner_text()
+            assert s["banner"] == "" and s["notices"] == []
+
+            await send(page, "Typed instead")
+            answer = await answer_done(page, 1)
+    assert answer["status"] == "completed" and answer["text"] == ANSWER
+
+
+async def test_without_speech_input_the_mic_button_is_off_and_says_why(page: Any) -> None:
+    async with running_server(scripted_backend([ANSWER]), ToneTTS()) as server:  # no speech
+        await open_chat(page, server.page_url)
+        mic = page.get_by_role("button", name="Mic")
+        assert await mic.is_disabled()
+        assert await mic.get_attribute("title") == "speech input is off on this server"
+        await send(page, "Typed")
+        await answer_done(page, 1)
+        s = await state(page)
+    assert s["mic"]["stt"] is None and s["mic"]["button"]["disabled"]
+    assert s["notices"] == []  # no session.update was sent to a server that would refuse it
+
+
+async def test_speech_over_an_answer_silences_it_at_once_and_truncates_once_it_is_done(
+    page: Any,
+) -> None:
+    unit = "A long tone to talk over."
+    pcm = tone_pcm(unit * 3, RATE)
+    frames: list[dict[str, Any]] = []
+    talk, finish = asyncio.Event(), asyncio.Event()
+
+    async def script(ws: Any) -> None:
+        incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def read() -> None:
+            async for raw in ws:
+                frames.append(json.loads(raw))
+                await incoming.put(frames[-1])
+
+        async def next_of(kind: str) -> dict[str, Any]:
+            async with asyncio.timeout(WAIT_S):
+                while (frame := await incoming.get())["type"] != kind:
+                    pass
+            return frame
+
+        async def until_set(event: asyncio.Event) -> None:
+            """Wait for the test's signal; a failing test closes the page's connection (the
+            reader ends), and then the script must end too, not wait on."""
+            signal = asyncio.ensure_future(event.wait())
+            await asyncio.wait(
+                {signal, reader}, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not event.is_set():
+                signal.cancel()
+                raise ConnectionError("the page went away")
+
+        reader = asyncio.create_task(read())
+        message = await next_of("user.message")
+        await ws.send(response_created("r1", message["id"]))
+        await ws.send(text_delta("r1", unit * 3))
+        half = len(pcm) // 4 * 2
+        await ws.send(audio_chunk("r1", 0, 0, unit, pcm[:half]))
+        await ws.send(audio_chunk("r1", 1, 0, "", pcm[half:]))
+        await until_set(talk)
+        await ws.send(json.dumps({"type": "input_audio.speech_started", "item_id": "i1",
+                                  "audio_start_ms": 1200}))  # fmt: skip
+        await ws.send(audio_chunk("r1", 2, 1, "More.", tone_pcm("More.", RATE)))  # in a race
+        await until_set(finish)
+        await ws.send(response_done("r1", "cancelled", unit * 3))
+        truncate = await next_of("response.truncate")
+        truncated = {"type": "response.truncated", "response_id": "r1",
+                     "audio_end_ms": truncate["audio_end_ms"], "text": unit}  # fmt: skip
+        await ws.send(json.dumps(truncated))
+        await reader  # until the page goes
+
+    async with ProtocolPeer(script, session={"stt": "whisper:tiny.en"}) as peer:
+        await open_chat(page, peer.page_url)
+        await send(page, "Go")
+        await until(page, "s => s.player.answers.r1?.played > 0.4 * s.player.contextRate", "0.4 s")
+        talk.set()
+        s = await until(
+            page,
+            "s => s.player.flushes.length && !s.player.queued && s.ignoredChunks === 1 && s",
+            "the flush",
+        )
+        assert_stopped_after_fade(s, "r1")  # no response.cancel: the server cancels it itself
+        assert s["mic"]["label"] == ""  # the microphone is off: no state shown
+        # The answer is not done yet: response.truncate would be refused, so none was sent.
+        assert [f["type"] for f in frames if f["type"].startswith("response.")] == []
+        finish.set()
+        s = await until(page, "s => s.mic.truncated.length === 1 && s", "response.truncated")
+        meta = await page.locator(".turn.assistant .meta").inner_text()
+
+    counts = s["player"]["answers"]["r1"]
+    heard_ms = round(counts["played"] * 1000 / s["player"]["contextRate"])
+    assert 400 <= heard_ms < len(pcm) / 2 / RATE * 1000
+    assert s["mic"]["truncates"] == [
+        {"type": "response.truncate", "response_id": "r1", "audio_end_ms": heard_ms}
+    ]
+    assert [f["type"] for f in frames] == ["session.update", "user.message", "response.truncate"]
+    shown = f"{heard_ms / 1000:.1f} s" if heard_ms >= 1000 else f"{heard_ms} ms"
+    assert f"you spoke after {shown} of it" in meta
+
+
+async def test_a_turn_without_words_is_a_quiet_didnt_catch_that(page: Any) -> None:
+    async def script(ws: Any) -> None:
+        await receive(ws, "session.update")
+        await ws.send(json.dumps({"type": "input_audio.speech_started", "item_id": "i1",
+                                  "audio_start_ms": 0}))  # fmt: skip
+        await ws.send(json.dumps({"type": "input_audio.transcript", "item_id": "i1", "text": "",
+                                  "language": "en", "stt_ms": 10}))  # fmt: skip
+        await ws.send(json.dumps({"type": "error", "code": "no_speech",
+                                  "message": "the turn held no words"}))  # fmt: skip
+        await ws.wait_closed()
+
+    async with ProtocolPeer(script, session={"stt": "whisper:tiny.en"}) as peer:
+        await open_chat(page, peer.page_url)
+        s = await until(page, "s => s.mic.note && s", "the note")
+        assert s["mic"]["note"] == "Didn't catch that."
+        assert await page.locator("#mic-note").inner_text() == "Didn't catch that."
+    assert s["turns"] == [] and s["notices"] == []  # nothing in the transcript
+    assert s["mic"]["hearing"] is False
+
+
+async def test_speech_over_an_answer_not_yet_heard_truncates_it_to_nothing(page: Any) -> None:
+    # The user speaks again after the transcript, before the answer even has its id.
+    truncates: list[dict[str, Any]] = []
+    received = asyncio.Event()
+
+    async def script(ws: Any) -> None:
+        await receive(ws, "session.update")
+        for frame in [
+            {"type": "input_audio.speech_started", "item_id": "i1", "audio_start_ms": 0},
+            {"type": "input_audio.transcript", "item_id": "i1", "text": "Hello there.",
+             "language": "en", "stt_ms": 0},
+            {"type": "input_audio.speech_started", "item_id": "i2", "audio_start_ms": 2000},
+        ]:  # fmt: skip
+            await ws.send(json.dumps(frame))
+        await ws.send(response_created("r1", "i1"))
+        await ws.send(response_done("r1", "cancelled", "Hi"))
+        truncates.append(await receive(ws, "response.truncate"))
+        received.set()
+        await ws.wait_closed()
+
+    async with ProtocolPeer(script, session={"stt": "whisper:tiny.en"}) as peer:
+        await open_chat(page, peer.page_url)
+        async with asyncio.timeout(WAIT_S):
+            await received.wait()
+        s = await state(page)
+    assert (
+        truncates
+        == s["mic"]["truncates"]
+        == [{"type": "response.truncate", "response_id": "r1", "audio_end_ms": 0}]
+    )
+    assert s["turns"][0] == {"role": "user", "text": "Hello there.", "voice": True}
+    assert s["turns"][1]["responseId"] == "r1" and s["turns"][1]["voice"]
+    assert s["mic"]["hearing"] is True  # the second turn is still being heard

@@ -149,3 +149,28 @@ async def test_the_page_origin_connects_and_a_foreign_one_gets_403() -> None:
         assert refused.value.response.status_code == 403
         assert b"--allow-origin http://evil.example" in refused.value.response.body
         assert server.health()["disconnected"]["origin"] == 1
+
+
+def test_every_module_and_worklet_the_page_loads_is_shipped() -> None:
+    """The page's import graph (ES imports, modulepreload links, worklet modules) names only
+    files the server hands out: a renamed or missing file would break the page, or the
+    microphone, only in a browser."""
+    import re
+
+    from voicechat.web import load_static_files
+
+    served = load_static_files()
+    references: dict[str, set[str]] = {}
+    for path in STATIC_DIR.glob("*.js"):
+        text = path.read_text()
+        names = set(re.findall(r'^import .* from "\./([\w.-]+)";$', text, re.M))
+        names |= set(re.findall(r'addModule\("([\w.-]+)"\)', text))
+        references[path.name] = names
+    html = (STATIC_DIR / "index.html").read_text()
+    references["index.html"] = set(re.findall(r'(?:src|href)="([\w.-]+\.(?:js|css|svg))"', html))
+    assert "mic-worklet.js" in references["mic.js"]
+    assert "mic.js" in references["app.js"] and "mic.js" in references["index.html"]
+    for source, names in references.items():
+        for name in names:
+            assert f"/{name}" in served, f"{source} loads {name}, which is not served"
+            assert (STATIC_DIR / name).is_file()

@@ -1,7 +1,8 @@
 // The browser client: what `voicechat talk` does, in a page. DOM, WebSocket (protocol v1, see
 // docs/protocol.md) and the player; the pure logic lives in audio-core.js and text-core.js.
 
-import { decodeBase64, parseWav } from "./audio-core.js";
+import { decodeBase64, encodeBase64, parseWav } from "./audio-core.js";
+import { Microphone } from "./mic.js";
 import { Player } from "./player.js";
 import { locateUnit } from "./text-core.js";
 
@@ -11,6 +12,10 @@ const TOKEN_PREFIX = "voicechat.token.";
 const TOKEN_KEY = "voicechat.token";
 const BACKOFF_S = [0.5, 1, 2, 4, 8]; // then every 8 s, as `talk` does
 const FOLLOW_MS = 50; // how often the highlight follows the playback position
+// The browser cancels the page's own voice in the microphone, so the server need not guard
+// against it, and a shorter spell of speech over an answer interrupts it (full duplex).
+const SPEECH_SETTINGS = { echo_guard: false, barge_in_ms: 300 };
+const STT_OFF = "speech input is off on this server";
 
 const ERROR_TEXT = {
   llm_failed: "The answer failed: the language model stopped with an error.",
@@ -21,6 +26,7 @@ const ERROR_TEXT = {
   bad_message: "The server could not use that message.",
   bad_json: "The server could not read a message from this page.",
   unknown_type: "The server does not know a message this page sent.",
+  speech_input_off: "Speech input is off on this server.",
 };
 const REFUSED_MESSAGE = new Set(["too_large", "rate_limited", "bad_message"]); // no answer comes
 const FAILED_ANSWER = new Set(["llm_failed", "internal"]); // response.done "failed" follows
@@ -35,6 +41,11 @@ const ui = {
   stop: $("stop"),
   mute: $("mute"),
   status: $("status"),
+  mic: $("mic"),
+  voice: $("voice"),
+  micLevel: $("mic-level"),
+  micState: $("mic-state"),
+  micNote: $("mic-note"),
   connection: $("connection"),
   connectionText: $("connection-text"),
   backends: $("backends"),
@@ -64,7 +75,26 @@ const chat = {
   messages: 0,
 };
 
+const speech = {
+  stt: null, // the server's speech recognition (session.created); null: speech input is off
+  known: false, // a session.created has said whether it is on
+  inputAudio: null, // the session's input_audio settings, as the server last reported them
+  hearing: false, // speech_started came; its transcript (or no_speech) has not
+  label: "", // what the page shows: listening | heard you | thinking | speaking | ...
+  history: [], // every label shown, in order (for the hook)
+  note: "", // a quiet line next to the state: "didn't catch that", why the mic stopped
+  level: 0,
+  peak: 0, // the loudest frame since the microphone started
+  framesSent: 0,
+  samplesSent: 0,
+  framesDropped: 0, // captured while not connected
+  frameBytes: {}, // size in bytes -> frames sent (each should be 40 ms: 1280 bytes)
+  truncates: [], // the response.truncate messages sent
+  truncated: [], // the response.truncated answers
+};
+
 const player = new Player({ onStateChange: renderStatus });
+const mic = new Microphone({ onFrame: onMicFrame, onStateChange: onMicState });
 
 // --- the token ----------------------------------------------------------------------------
 
@@ -147,6 +177,7 @@ function connect() {
       onSessionCreated(message);
     } else if (message) {
       applyEvent(message);
+      renderMic(player.stats()); // a state such as "thinking" may last less than one poll
     }
   });
   socket.addEventListener("close", (event) => {
@@ -174,6 +205,15 @@ function onSessionCreated(message) {
     chat.sessionId = message.session_id;
   }
   chat.ownSessionId = message.session_id;
+  speech.known = true;
+  speech.stt = typeof message.stt === "string" && message.stt ? message.stt : null;
+  speech.inputAudio = message.input_audio ?? null;
+  speech.hearing = false;
+  if (speech.stt) {
+    send({ type: "session.update", ...SPEECH_SETTINGS });
+  } else if (mic.state !== "off") {
+    mic.stop(STT_OFF);
+  }
   setBanner("");
   setHint("");
   setConnection("connected", "connected");
@@ -181,6 +221,7 @@ function onSessionCreated(message) {
 
 async function onClosed(event, created, token) {
   chat.socket = null;
+  speech.hearing = false;
   stopLocalAudio();
   interruptAnswers();
   if (event.code === 1008 && !created) {
@@ -258,6 +299,15 @@ function applyEvent(message) {
       return notice(`Reconnected: the conversation continues (${message.messages} messages kept).`);
     case "error":
       return onError(message);
+    case "input_audio.speech_started":
+      return onSpeechStarted();
+    case "input_audio.transcript":
+      return onTranscript(message);
+    case "session.updated":
+      speech.inputAudio = message.input_audio ?? speech.inputAudio;
+      return;
+    case "response.truncated":
+      return onTruncated(message);
   }
 }
 
@@ -308,6 +358,7 @@ function onResponseDone(message) {
     chat.audioAnswer = null;
   }
   if (message.status === "failed" && !answer.failureShown) notice("The answer failed.");
+  if (answer.heardMs !== null) sendTruncate(answer);
   renderAnswer(answer);
   renderStatus();
 }
@@ -327,10 +378,20 @@ function onError(message) {
     notice("Reconnected, but the server no longer knows our conversation: a new one started.");
     return;
   }
+  if (message.code === "no_speech") {
+    speech.hearing = false;
+    setMicNote("Didn't catch that.");
+    return; // quiet: not a notice in the transcript
+  }
+  if (message.code === "speech_input_off") {
+    speech.stt = null;
+    mic.stop(STT_OFF);
+  }
   const answer = chat.answers.get(message.response_id);
   if (answer && FAILED_ANSWER.has(message.code)) answer.failureShown = true; // said once
-  if (!message.response_id && REFUSED_MESSAGE.has(message.code) && chat.pending.size) {
-    const [id, refused] = chat.pending.entries().next().value;
+  const typed = [...chat.pending].find(([, answer]) => !answer.voice); // not an audio frame's
+  if (!message.response_id && REFUSED_MESSAGE.has(message.code) && typed) {
+    const [id, refused] = typed;
     chat.pending.delete(id);
     refused.status = "refused";
     renderAnswer(refused);
@@ -363,13 +424,17 @@ function stopSpeaking() {
   if (connected()) send({ type: "response.cancel" });
 }
 
-/** Flush the player and make sure nothing more of the answers in flight is played. */
+/**
+ * Flush the player and make sure nothing more of the answers in flight is played. Resolves
+ * with the player's flush report (which answer was playing, how much of it was heard).
+ */
 function stopLocalAudio() {
-  player.flush();
+  const report = player.flush();
   chat.audioAnswer = null;
   for (const answer of [...chat.answers.values(), ...chat.pending.values()]) {
     if (!answer.status) answer.silenced = true;
   }
+  return report;
 }
 
 function interruptAnswers() {
@@ -415,6 +480,152 @@ for (const type of ["pointerdown", "keydown", "touchend"]) {
   document.addEventListener(type, () => player.unlock(), { capture: true });
 }
 
+// --- speech input -------------------------------------------------------------------------
+
+ui.mic.addEventListener("click", async () => {
+  if (mic.state !== "off") {
+    mic.stop();
+    return;
+  }
+  setMicNote("");
+  try {
+    await mic.start();
+  } catch (error) {
+    setMicNote(error.message); // the text chat goes on as before
+  }
+});
+
+function onMicState(state, reason) {
+  if (state === "on") {
+    speech.level = 0;
+    speech.peak = 0;
+    // No echo cancellation after all (the browser ignored the constraint): let the server
+    // guard against the page's own voice coming back through the microphone.
+    if (mic.settings?.echoCancellation === false && connected() && speech.stt) {
+      send({ type: "session.update", echo_guard: true });
+    }
+  } else if (state === "off") {
+    speech.hearing = false;
+    speech.level = 0;
+    if (reason) setMicNote(reason instanceof Error ? reason.message : `Microphone off: ${reason}.`);
+  }
+  renderStatus();
+}
+
+/** One 40 ms frame of PCM16 at 16 kHz from the microphone's worklet. */
+function onMicFrame(pcm, level) {
+  speech.level = level;
+  speech.peak = Math.max(speech.peak, level);
+  ui.micLevel.style.transform = `scaleX(${level.toFixed(3)})`; // CSSOM: the CSP allows it
+  if (!connected() || !speech.stt) {
+    speech.framesDropped += 1; // offline: the new connection's audio clock starts afresh
+    return;
+  }
+  send({ type: "input_audio.append", audio: encodeBase64(pcm) });
+  speech.framesSent += 1;
+  speech.samplesSent += pcm.length / 2;
+  speech.frameBytes[pcm.length] = (speech.frameBytes[pcm.length] ?? 0) + 1;
+}
+
+/**
+ * The user began speaking (over an answer: the server has cancelled it). Silence the page at
+ * once, then tell the server how much of the answer was heard, from the player's own position.
+ */
+async function onSpeechStarted() {
+  speech.hearing = true;
+  setMicNote("");
+  // An answer not audible yet counts too (heard: nothing), even one still waiting for its
+  // response.created.
+  const waiting = [...chat.pending.values()].filter((answer) => !answer.silenced).at(-1);
+  const inFlight = chat.answers.get(chat.audioAnswer) ?? waiting;
+  const report = await stopLocalAudio();
+  const answer = report.answer !== null ? chat.answers.get(report.answer) : inFlight;
+  if (!answer || answer.heardMs !== null) return;
+  const heard = report.answer !== null ? report.played + report.faded : 0;
+  answer.heardMs = report.rate ? Math.round((heard * 1000) / report.rate) : 0;
+  if (answer.status) sendTruncate(answer); // else once its response.done has come
+}
+
+/** `response.truncate` is only for an answer that is done: sent when both facts are in. */
+function sendTruncate(answer) {
+  if (answer.truncateSent || !answer.responseId || !connected()) return;
+  answer.truncateSent = true;
+  const message = {
+    type: "response.truncate",
+    response_id: answer.responseId,
+    audio_end_ms: answer.heardMs,
+  };
+  speech.truncates.push(message);
+  send(message);
+}
+
+function onTranscript(message) {
+  speech.hearing = false;
+  const text = typeof message.text === "string" ? message.text.trim() : "";
+  if (!text) return; // no_speech follows
+  addTurn({ role: "user", text, voice: true });
+  const answer = addAnswer();
+  answer.voice = true;
+  chat.pending.set(message.item_id, answer); // its response.created has in_reply_to = item_id
+}
+
+function onTruncated(message) {
+  speech.truncated.push({
+    responseId: message.response_id,
+    audioEndMs: message.audio_end_ms,
+    text: message.text,
+  });
+  const answer = chat.answers.get(message.response_id);
+  if (!answer) return;
+  answer.keptText = typeof message.text === "string" ? message.text : null;
+  renderAnswer(answer);
+}
+
+function micLabel(stats) {
+  if (mic.state === "starting") return "starting…";
+  if (mic.state !== "on") return "";
+  if (!connected()) return "paused: not connected";
+  if (speech.hearing) return "heard you";
+  if (audible(stats)) return "speaking";
+  const answers = [...chat.pending.values(), ...chat.answers.values()];
+  if (answers.some((answer) => !answer.status && !answer.silenced)) return "thinking";
+  return "listening";
+}
+
+/** Audio is playing, or handed to the player and not played yet (its report may lag). */
+function audible(stats) {
+  if (stats.queued > 0 || stats.current !== null) return true;
+  return Object.values(stats.answers).some((c) => (c.sent ?? 0) > c.played + c.dropped);
+}
+
+function setMicNote(text) {
+  speech.note = text;
+  renderStatus();
+}
+
+function renderMic(stats) {
+  const unsupported = Microphone.unsupportedReason();
+  const on = mic.state !== "off";
+  const off = speech.known && !speech.stt;
+  ui.mic.disabled = !on && (unsupported !== null || off);
+  ui.mic.setAttribute("aria-pressed", String(on));
+  ui.mic.title = on
+    ? "Stop the microphone"
+    : (unsupported ?? (off ? STT_OFF : "Speak instead of typing (the microphone)"));
+  const label = micLabel(stats);
+  if (label !== speech.label) {
+    speech.label = label;
+    if (label) speech.history.push(label);
+    if (speech.history.length > 100) speech.history.shift();
+  }
+  ui.voice.hidden = !label && !speech.note;
+  ui.voice.dataset.state = label.replace(/[^a-z]+/g, "-");
+  ui.voice.dataset.mic = mic.state;
+  ui.micState.textContent = label;
+  ui.micNote.textContent = speech.note;
+  if (!on) ui.micLevel.style.transform = "scaleX(0)";
+}
+
 // --- the transcript -----------------------------------------------------------------------
 
 function addTurn(turn) {
@@ -446,6 +657,10 @@ function addAnswer() {
     truncated: null,
     metrics: null,
     silenced: false,
+    voice: false, // the reply to a spoken turn
+    heardMs: null, // how much of its audio was heard before the user spoke over it
+    truncateSent: false,
+    keptText: null, // what the server's history kept of it (response.truncated)
   });
   const meta = document.createElement("p");
   meta.className = "meta";
@@ -477,6 +692,7 @@ function answerMeta(answer) {
     parts.push({ cancelled: "stopped", failed: "failed" }[answer.status] ?? answer.status);
   }
   if (answer.truncated) parts.push(`cut short (${answer.truncated.replace("max_", "too many ")})`);
+  if (answer.heardMs !== null) parts.push(`you spoke after ${duration(answer.heardMs)} of it`);
   if (answer.metrics) parts.push(metricsText(answer.metrics));
   return parts.join(" · ");
 }
@@ -556,6 +772,7 @@ function renderStatus() {
   parts.push(playbackText(stats));
   const text = parts.join(" · ");
   if (ui.status.textContent !== text) ui.status.textContent = text;
+  renderMic(stats);
 }
 
 function playbackText(stats) {
@@ -589,6 +806,18 @@ function snapshot() {
     metrics: chat.lastMetrics,
     ignoredChunks: chat.ignoredChunks,
     player: player.stats(),
+    mic: {
+      state: mic.state,
+      contextRate: mic.contextRate,
+      settings: mic.settings,
+      button: {
+        disabled: ui.mic.disabled,
+        title: ui.mic.title,
+        pressed: ui.mic.getAttribute("aria-pressed"),
+      },
+      capture: mic.inspect(),
+      ...speech,
+    },
   });
 }
 

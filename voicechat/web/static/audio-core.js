@@ -381,3 +381,96 @@ export class SampleQueue {
     };
   }
 }
+
+// --- Microphone capture -------------------------------------------------------------------
+
+export const MIC_RATE = 16000; // what the server takes: PCM16 little-endian, mono, 16 kHz
+export const MIC_FRAME_MS = 40; // one input_audio.append per frame (the protocol: 20-100 ms)
+
+/** Float samples in [-1, 1] as PCM16 little-endian bytes (rounded, clipped; NaN is silence). */
+export function floatToPcm16(samples) {
+  const bytes = new Uint8Array(2 * samples.length);
+  const view = new DataView(bytes.buffer);
+  for (let i = 0; i < samples.length; i++) {
+    const x = samples[i];
+    const value = x >= 1 ? 32767 : x <= -1 ? -32768 : Math.round(x * 32768) || 0;
+    view.setInt16(2 * i, Math.min(32767, value), true);
+  }
+  return bytes;
+}
+
+/** Base64 of bytes: the browser's own encoder where it has one, a table elsewhere. */
+export function encodeBase64(bytes) {
+  if (typeof bytes.toBase64 === "function") return bytes.toBase64();
+  return encodeBase64Fallback(bytes);
+}
+
+export function encodeBase64Fallback(bytes) {
+  let out = "";
+  let i = 0;
+  for (; i + 2 < bytes.length; i += 3) {
+    const n = (bytes[i] << 16) | (bytes[i + 1] << 8) | bytes[i + 2];
+    out += ALPHABET[n >> 18] + ALPHABET[(n >> 12) & 63];
+    out += ALPHABET[(n >> 6) & 63] + ALPHABET[n & 63];
+  }
+  const rest = bytes.length - i;
+  if (rest === 1) {
+    const n = bytes[i] << 16;
+    out += `${ALPHABET[n >> 18]}${ALPHABET[(n >> 12) & 63]}==`;
+  } else if (rest === 2) {
+    const n = (bytes[i] << 16) | (bytes[i + 1] << 8);
+    out += `${ALPHABET[n >> 18]}${ALPHABET[(n >> 12) & 63]}${ALPHABET[(n >> 6) & 63]}=`;
+  }
+  return out;
+}
+
+const METER_FLOOR_DB = -60;
+
+/** A meter reading in [0, 1]: the RMS level in dBFS from -60 (0) to 0 (1). */
+export function meterLevel(samples) {
+  let sum = 0;
+  for (let i = 0; i < samples.length; i++) sum += samples[i] * samples[i];
+  const rms = samples.length ? Math.sqrt(sum / samples.length) : 0;
+  const db = rms > 0 ? 20 * Math.log10(rms) : -Infinity;
+  return Math.min(1, Math.max(0, 1 - db / METER_FLOOR_DB));
+}
+
+/**
+ * Microphone samples at the capture context's rate in, frames of exactly `frameMs` of PCM16 at
+ * `outputRate` out. Downsampling goes through the windowed-sinc Resampler, whose low-pass
+ * (cut-off 0.92 x the new Nyquist) keeps what lies above 8 kHz from folding into speech.
+ * A partial frame waits for the next push; `reset()` drops it.
+ */
+export class MicFramer {
+  constructor(inputRate, { outputRate = MIC_RATE, frameMs = MIC_FRAME_MS } = {}) {
+    this.inputRate = inputRate;
+    this.outputRate = outputRate;
+    this.frameSamples = Math.round((outputRate * frameMs) / 1000);
+    this.resampler = inputRate === outputRate ? null : new Resampler(inputRate, outputRate);
+    this.frame = new Float32Array(this.frameSamples);
+    this.filled = 0;
+  }
+
+  /** Feed `samples`; returns the frames completed by them: [{pcm: Uint8Array, level}]. */
+  push(samples) {
+    const resampled = this.resampler ? this.resampler.process(samples) : samples;
+    const frames = [];
+    let offset = 0;
+    while (offset < resampled.length) {
+      const n = Math.min(this.frameSamples - this.filled, resampled.length - offset);
+      this.frame.set(resampled.subarray(offset, offset + n), this.filled);
+      this.filled += n;
+      offset += n;
+      if (this.filled === this.frameSamples) {
+        frames.push({ pcm: floatToPcm16(this.frame), level: meterLevel(this.frame) });
+        this.filled = 0;
+      }
+    }
+    return frames;
+  }
+
+  reset() {
+    this.resampler?.reset();
+    this.filled = 0;
+  }
+}

@@ -25,6 +25,7 @@ export class Player {
     this.segment = null; // the unit of the last chunk (the resampler's tail belongs to it)
     this.note = "";
     this.flushes = []; // what each flush that stopped audio kept and dropped (for the hook)
+    this.flushWaiters = []; // one per flush in flight: the output reports them in order
     this.sent = new Map(); // answer -> samples handed to the output (after resampling)
   }
 
@@ -73,6 +74,7 @@ export class Player {
 
   flushed(report) {
     if (report.answer !== null) this.flushes.push(report); // else the queue was empty
+    this.flushWaiters.shift()?.({ ...report, rate: this.context.sampleRate });
   }
 
   /** iOS interrupts a context (a call, the screen locked): resume it when allowed. */
@@ -122,12 +124,21 @@ export class Player {
     this.streamRate = null;
   }
 
-  /** Stop at once: a short fade, every queued sample of the old answer dropped. */
+  /**
+   * Stop at once: a short fade, every queued sample of the old answer dropped. Resolves with the
+   * output's report: {answer (the one at the head of the queue, or null), played (its samples
+   * played before the flush), faded (played during the fade), dropped, rate (the context's)}.
+   */
   flush() {
     this.resampler = null;
     this.streamRate = null;
-    if (this.output) this.output.flush(FADE_MS);
-    else this.waiting = [];
+    if (!this.output) {
+      this.waiting = []; // nothing has played yet
+      return Promise.resolve({ answer: null, played: 0, faded: 0, dropped: 0, rate: null });
+    }
+    const report = new Promise((resolve) => this.flushWaiters.push(resolve));
+    this.output.flush(FADE_MS);
+    return report;
   }
 
   setMuted(muted) {
