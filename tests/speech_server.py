@@ -11,6 +11,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import numpy as np
+
+from voicechat.client.connection import ChatConnection
 from voicechat.speech import SpeechInput
 from voicechat.speech.models import default_language
 from voicechat.speech.stt import WhisperSTT
@@ -27,3 +30,22 @@ async def speech_input(model: str = "tiny.en") -> AsyncIterator[SpeechInput]:
         yield SpeechInput(SileroVAD(vad), WhisperSTT(whisper, model), language)
     finally:
         await asyncio.gather(vad.aclose(), whisper.aclose())
+
+
+FRAME_SAMPLES = 1600  # 100 ms per input_audio.append
+
+# What a spoken turn looks like on the wire, up to its answer (server_vad mode).
+VOICE_TURN = [
+    "input_audio.speech_started",
+    "input_audio.speech_stopped",
+    "input_audio.committed",
+    "input_audio.transcript",
+    "response.created",
+]
+
+
+async def send_audio(connection: ChatConnection, samples: np.ndarray) -> None:
+    """16 kHz samples as input_audio.append frames of 100 ms, as fast as the socket takes."""
+    pcm = samples.astype("<i2").tobytes()
+    for start in range(0, len(pcm), FRAME_SAMPLES * 2):
+        await connection.append_audio(pcm[start : start + FRAME_SAMPLES * 2])

@@ -37,12 +37,11 @@ from .conftest import (
     scripted_backend,
 )
 from .speech_fixtures import pad, spoken_pcm
-from .speech_server import speech_input
+from .speech_server import VOICE_TURN, send_audio, speech_input
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 RATE = 16000
-FRAME = 1600  # 100 ms per input_audio.append
 LISTENER_TASKS = ("listener", "speculation", "transcription", "speech-turn")
 # Tests that send a question twice, at once: more than the default 5 s burst of audio.
 ROOMY = InputAudioSettings(burst_s=30.0)
@@ -57,12 +56,6 @@ ANSWER = [
 async def speech() -> AsyncIterator[SpeechInput]:
     async with speech_input() as engines:
         yield engines
-
-
-async def send_audio(connection: ChatConnection, samples: np.ndarray) -> None:
-    pcm = samples.astype("<i2").tobytes()
-    for start in range(0, len(pcm), FRAME * 2):
-        await connection.append_audio(pcm[start : start + FRAME * 2])
 
 
 async def heard(connection: ChatConnection) -> list[dict[str, Any]]:
@@ -92,13 +85,7 @@ async def test_a_spoken_question_becomes_a_turn_in_order(speech: SpeechInput) ->
         await send_audio(connection, question)
         events = await read_answer(connection)
     names = kinds(events)
-    assert names[:5] == [
-        "input_audio.speech_started",
-        "input_audio.speech_stopped",
-        "input_audio.committed",
-        "input_audio.transcript",
-        "response.created",
-    ]
+    assert names[:5] == VOICE_TURN
     item_id = events[0]["item_id"]
     assert all(event["item_id"] == item_id for event in events[:4])
     assert events[4]["in_reply_to"] == item_id

@@ -33,9 +33,9 @@ from voicechat.speech.stt import OpenAISTT, STTError
 
 from .conftest import WAIT_S, read_answer, running_server
 from .speech_fixtures import pad, spoken_pcm
+from .speech_server import VOICE_TURN, send_audio
 from .stt_double import SttDouble
 
-FRAME = 1600  # samples: 100 ms per input_audio.append
 QUESTION = "What is the capital of France?"
 ANSWER = "Paris is the capital of France."
 SHORT_TIMEOUT_S = 2.0  # the "slow" server: the client's timeout, instead of the default 30 s
@@ -72,12 +72,6 @@ async def openai_stt_server(url: str, script: Path) -> AsyncIterator[VoiceChatSe
             yield server
 
 
-async def send_audio(connection: ChatConnection, samples: np.ndarray) -> None:
-    pcm = samples.astype("<i2").tobytes()
-    for start in range(0, len(pcm), FRAME * 2):
-        await connection.append_audio(pcm[start : start + FRAME * 2])
-
-
 async def read_until_any(connection: ChatConnection, *kinds: str) -> list[dict[str, Any]]:
     """Every event up to and including the first of one of `kinds`."""
     events = []
@@ -101,13 +95,7 @@ async def test_a_spoken_question_is_transcribed_by_the_server_and_answered(
         await send_audio(connection, question)
         events = await read_answer(connection)
     names = [event["type"] for event in events]
-    assert names[:5] == [
-        "input_audio.speech_started",
-        "input_audio.speech_stopped",
-        "input_audio.committed",
-        "input_audio.transcript",
-        "response.created",
-    ], names
+    assert names[:5] == VOICE_TURN, names
     committed, transcript, created = events[2], events[3], events[4]
     assert "capital of france" in transcript["text"].lower(), transcript
     assert created["in_reply_to"] == transcript["item_id"] == committed["item_id"]

@@ -671,16 +671,13 @@ def talk(
             _print_devices()  # the outputs; it ends the command
         except typer.Exit as done:
             if done.exit_code == 0:  # PortAudio works: the inputs too
+                from voicechat.audio.devices import describe
                 from voicechat.audio.mic import list_input_devices
 
                 typer.echo("inputs (--input-device):")
                 inputs = list_input_devices()
-                for dev in inputs:
-                    mark = "*" if dev["default"] else " "
-                    typer.echo(
-                        f"{mark} {dev['index']:>3}  {dev['name']}  ({dev['hostapi']}, "
-                        f"{dev['channels']} ch, {dev['sample_rate']} Hz)"
-                    )
+                for device in inputs:
+                    typer.echo(describe(device))
                 if not inputs:
                     typer.echo("  (no microphone found; `voicechat doctor` says why)")
             raise
@@ -772,6 +769,7 @@ def _open_player(device: str | None) -> AudioPlayer:
 
 def _print_devices() -> None:
     """--list-devices: print the output devices and exit."""
+    from voicechat.audio.devices import describe
     from voicechat.audio.player import list_output_devices
 
     try:
@@ -782,12 +780,8 @@ def _print_devices() -> None:
             "install it with `apt-get install libportaudio2`",
             1,
         ) from None
-    for dev in devices:
-        mark = "*" if dev["default"] else " "
-        typer.echo(
-            f"{mark} {dev['index']:>3}  {dev['name']}  ({dev['hostapi']}, "
-            f"{dev['channels']} ch, {dev['sample_rate']} Hz)"
-        )
+    for device in devices:
+        typer.echo(describe(device))
     if not devices:
         typer.echo("  (no audio output device found; `voicechat doctor` says why)")
     typer.echo("  null  (no sound: a silent output paced like a sound card)")

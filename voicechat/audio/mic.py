@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import soxr
 
+from voicechat.audio.devices import list_devices
+
 RATE = 16000  # what the server takes: PCM16 mono 16 kHz
 FRAME_MS = 20
 MAX_BUFFERED_MS = 1000  # frames the consumer has not taken yet; older ones are dropped
@@ -131,21 +133,10 @@ def input_rate(device: int | str | None) -> int:
 
 
 def list_input_devices() -> list[dict[str, Any]]:
-    """The input devices PortAudio sees: index, name, host API, channels, default rate."""
-    sd = _sounddevice()
-    apis = sd.query_hostapis()
-    return [
-        {
-            "index": index,
-            "name": info["name"],
-            "hostapi": apis[info["hostapi"]]["name"],
-            "channels": info["max_input_channels"],
-            "sample_rate": int(info["default_samplerate"]),
-            "default": index == sd.default.device[0],
-        }
-        for index, info in enumerate(sd.query_devices())
-        if info["max_input_channels"] > 0
-    ]
+    """The input devices PortAudio sees (voicechat.audio.devices); MicUnavailable without
+    PortAudio."""
+    _sounddevice()
+    return list_devices("input")
 
 
 class Microphone:

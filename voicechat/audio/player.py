@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import soxr
 
+from voicechat.audio.devices import list_devices
 from voicechat.audio.wav import decode_wav
 
 FADE_MS = 5  # long enough to avoid a click, short enough to feel instant
@@ -299,22 +300,8 @@ def output_sample_rate(device: int | str | None) -> int:
 
 
 def list_output_devices() -> list[dict[str, Any]]:
-    """The output devices PortAudio sees: index, name, host API, default rate."""
-    import sounddevice as sd
-
-    apis = sd.query_hostapis()
-    return [
-        {
-            "index": index,
-            "name": info["name"],
-            "hostapi": apis[info["hostapi"]]["name"],
-            "channels": info["max_output_channels"],
-            "sample_rate": int(info["default_samplerate"]),
-            "default": index == sd.default.device[1],
-        }
-        for index, info in enumerate(sd.query_devices())
-        if info["max_output_channels"] > 0
-    ]
+    """The output devices PortAudio sees (voicechat.audio.devices)."""
+    return list_devices("output")
 
 
 class AudioPlayer:
