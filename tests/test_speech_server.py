@@ -147,6 +147,7 @@ async def test_clear_drops_the_turn_and_a_commit_of_nothing_is_no_speech(speech:
         ("not base64!", "bad_message"),
         ("", "bad_message"),
     ],
+    ids=["over-1-s", "odd-bytes", "not-base64", "empty"],
 )
 async def test_bad_audio_frames_get_an_error_and_the_session_goes_on(
     speech: SpeechInput, audio: str, code: str
@@ -381,3 +382,50 @@ async def test_a_vad_crash_mid_turn_loses_that_turn_and_listening_goes_on(speech
     transcript = next(e for e in events if e["type"] == "input_audio.transcript")
     assert "capital of france" in transcript["text"].lower()
     assert vad.pid != pid
+
+
+async def test_tiny_audio_frames_cost_at_least_20_ms_each(speech: SpeechInput) -> None:
+    """One-sample frames cannot buy thousands of requests a second: each counts as 20 ms, so
+    the 5 s burst holds 250 of them."""
+    async with (
+        running_server(scripted_backend(["Paris."]), speech=speech) as server,
+        ChatConnection(server.url) as connection,
+    ):
+        for _ in range(300):
+            await connection.append_audio(bytes(2))
+        error = await read_until(connection, "error")
+        assert error["code"] == "rate_limited"
+        assert "real time" in error["message"]  # the audio rate, not a full queue
+
+
+async def test_after_a_cancel_a_short_reply_is_a_turn_not_a_sound_over_the_answer(
+    speech: SpeechInput,
+) -> None:
+    """The answer's audio was sent well ahead of playback; once the client cancels it, nothing
+    plays, so a short "yes" must not be held to the 500 ms rule for speech over an answer."""
+    async with (
+        running_server(scripted_backend(ANSWER), speech=speech) as server,
+        ChatConnection(server.url) as connection,
+    ):
+        await connection.update_session(barge_in_ms=2000)  # "yes" is far shorter than that
+        await read_until(connection, "session.updated")
+        await read_answer_to(connection, "Tell me about Paris.")  # seconds of audio, sent at once
+        await connection.cancel()
+        await send_audio(connection, pad(spoken_pcm("Yes."), 0.3, 1.0))
+        assert "input_audio.speech_started" in kinds(await heard(connection))
+
+
+async def test_push_to_talk_cut_at_the_turn_limit_says_truncated(speech: SpeechInput) -> None:
+    short_turns = InputAudioSettings(max_turn_audio_s=2.0)
+    async with (
+        running_server(
+            scripted_backend(["Paris."]), speech=speech, input_audio=short_turns
+        ) as server,
+        ChatConnection(server.url) as connection,
+    ):
+        await connection.update_session(turn_mode="push_to_talk")
+        await read_until(connection, "session.updated")
+        await send_audio(connection, pad(spoken_pcm("What is the capital of France?"), 0.2, 0.5))
+        committed = await read_until(connection, "input_audio.committed")
+        assert committed["truncated"] is True
+        assert committed["audio_ms"] <= 2100

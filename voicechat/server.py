@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 FRAME, FINAL, TEXT_DELTA = "frame", "final", "text.delta"
 Outbound = tuple[str | None, str, str]
 
+SPEECH_BEHIND = "speech input is behind (the recognizer is busy); message dropped"
+MIN_FRAME_S = 0.02  # what the audio rate limit charges for a frame, at least
 RECENT_ANSWERS = 4  # how many of a session's answers response.truncate can still name
 CLOSE_WAIT_S = 5.0  # how long a close may wait for a client that is not reading
 # File descriptors for everything but client connections: worker pipes, the Fish Speech pool
@@ -619,6 +621,8 @@ class Session:
             return  # the session is already ending on its own
         try:
             async with asyncio.timeout(self.server.config.shutdown_grace_s):
+                if self._listener is not None:  # no spoken turn may start an answer now
+                    await self._listener.aclose()
                 await self._cancel_answer(notify=True)
                 await self._outbound.join()
         except (TimeoutError, ClientGone):
@@ -646,20 +650,23 @@ class Session:
         if isinstance(message, protocol.ProtocolError):
             await self._send(protocol.error(message.code, message.message))
         elif isinstance(message, protocol.CancelResponse):
+            self._drop_spoken_turns()
             await self._cancel_answer(notify=True)
+            self._playing_until = 0.0  # the client stops its playback too
         elif isinstance(message, protocol.ResumeSession):
             await self._resume(message.session_id)
         elif isinstance(message, protocol.UserMessage):
             log.debug("session %s…: user message %r", self.log_id, message.text)
+            self._drop_spoken_turns()  # typed after speaking: the typed message is the turn
             await self._start_answer(message.text, message.id, arrived_at)
         elif isinstance(message, protocol.TruncateResponse):
             await self._truncate(message)
         elif (listener := await self._speech_listener()) is None:
             pass  # speech input is off: the client was told
-        elif isinstance(message, protocol.CommitAudio):
-            await listener.commit()
-        elif isinstance(message, protocol.ClearAudio):
-            await listener.clear()
+        elif isinstance(message, protocol.CommitAudio | protocol.ClearAudio):
+            kind = "commit" if isinstance(message, protocol.CommitAudio) else "clear"
+            if not listener.put(kind):
+                await self._send(protocol.error(protocol.RATE_LIMITED, SPEECH_BEHIND))
         elif isinstance(message, protocol.UpdateSession):
             self._turn_settings = self._turn_settings.updated(message.fields)
             listener.update(self._turn_settings)
@@ -735,7 +742,8 @@ class Session:
         refill = (now - self._audio_refill_at) * limits.speed
         self._audio_allowance = min(limits.burst_s, self._audio_allowance + refill)
         self._audio_refill_at = now
-        seconds = len(pcm16) / 2 / protocol.INPUT_RATE
+        # A frame costs at least 20 ms: tiny frames cannot buy many requests per second.
+        seconds = max(len(pcm16) / 2 / protocol.INPUT_RATE, MIN_FRAME_S)
         if seconds > self._audio_allowance:
             await self._send(
                 protocol.error(
@@ -747,17 +755,17 @@ class Session:
             return
         self._audio_allowance -= seconds
         listener = await self._speech_listener()
-        if listener is not None and not listener.append(pcm16):
-            await self._send(
-                protocol.error(
-                    protocol.RATE_LIMITED, "speech input is behind (recognizer busy); frame dropped"
-                )
-            )
+        if listener is not None and not listener.put("audio", pcm16):
+            await self._send(protocol.error(protocol.RATE_LIMITED, SPEECH_BEHIND))
 
     def answer_playing(self) -> bool:
         """An answer is being made, or its audio is still playing at the client (estimated
         from the audio sent: playback cannot end before the sum of the chunks' lengths)."""
         return self.answering or time.monotonic() < self._playing_until
+
+    def _drop_spoken_turns(self) -> None:
+        if self._listener is not None:
+            self._listener.drop_pending_turns()
 
     async def interrupt(self) -> None:
         """The user started speaking over the answer: it ends now."""

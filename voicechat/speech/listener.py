@@ -24,6 +24,7 @@ from voicechat import protocol
 from voicechat.settings import InputAudioSettings
 from voicechat.speech.stt import SpeechToText, STTError, Transcript
 from voicechat.speech.turns import (
+    ECHO_WINDOW_MS,
     WINDOW_MS,
     Candidate,
     Paused,
@@ -166,20 +167,20 @@ class Listener:
 
     # --- the session's side: put messages in line --------------------------------------
 
-    def append(self, pcm16: bytes) -> bool:
-        """Queue audio; False when the listener is that far behind (the frame is dropped: the
-        session never stops reading its socket for speech input)."""
+    def put(self, kind: str, pcm16: bytes = b"") -> bool:
+        """Queue "audio", "commit" or "clear"; False when the listener is that far behind (the
+        message is dropped: the session never stops reading its socket for speech input)."""
         try:
-            self._queue.put_nowait(("audio", pcm16))
+            self._queue.put_nowait((kind, pcm16))
         except asyncio.QueueFull:
             return False
         return True
 
-    async def commit(self) -> None:
-        await self._queue.put(("commit", b""))
-
-    async def clear(self) -> None:
-        await self._queue.put(("clear", b""))
+    def drop_pending_turns(self) -> None:
+        """response.cancel, or a typed message: turns still being transcribed get no answer."""
+        if self._answering is not None:
+            self._answering.cancel()
+            self._answering = None
 
     async def aclose(self) -> None:
         self._task.cancel()
@@ -227,7 +228,7 @@ class Listener:
         if self.settings.turn_mode == PUSH_TO_TALK:
             self._push_to_talk_windows(probabilities)
             if self.now_ms - self._audio_from_ms >= self.limits.max_turn_audio_s * 1000:
-                await self._on_commit()  # the turn limit: as if the user had let go
+                await self._on_commit(truncated=True)  # the turn limit: as if the user let go
         else:
             guarded = self.settings.barge_in_ms > 0 and self.host.answer_playing()
             for probability in probabilities:
@@ -271,9 +272,11 @@ class Listener:
             try:
                 async with asyncio.timeout(ECHO_CHECK_TIMEOUT_S):
                     heard = await self.stt.transcribe(audio, self.settings.language)
-            except (STTError, TimeoutError) as exc:
+            except Exception as exc:  # STTError, a timeout: never leave a Candidate undecided
                 log.warning("echo check failed (%r): taking it as the user", exc)
             else:
+                if self._detector.state != "deciding":
+                    return  # a session.update or clear changed the rules meanwhile
                 if is_echo(heard.text, self.host.answer_words()):
                     log.info("speech over the answer taken as its echo: %r", heard.text)
                     self.stats.echo_rejected += 1
@@ -379,13 +382,15 @@ class Listener:
             }
         )
         if not words(transcript.text):
-            await self.host.send(
-                protocol.error(protocol.NO_SPEECH, "no words heard in that turn")
-            )
+            await self.host.send(protocol.error(protocol.NO_SPEECH, "no words heard in that turn"))
             return
-        await self.host.user_turn(item_id, transcript.text, ended_at)
+        try:
+            await self.host.user_turn(item_id, transcript.text, ended_at)
+        except Exception as exc:  # a bug or a failing checkpointer: say so, keep listening
+            log.exception("could not answer a spoken turn")
+            await self.host.send(protocol.error(protocol.INTERNAL, f"internal error: {exc}"))
 
-    async def _on_commit(self) -> None:
+    async def _on_commit(self, truncated: bool = False) -> None:
         if self.settings.turn_mode == PUSH_TO_TALK:
             if not self._heard_speech:
                 self._forget_until(self.now_ms)
@@ -395,7 +400,7 @@ class Listener:
             self._heard_speech, self._speech_run = False, 0
             if self.host.answer_playing():
                 await self.host.interrupt()
-            await self._end_turn(int(self.now_ms), truncated=False)
+            await self._end_turn(int(self.now_ms), truncated=truncated)
             return
         holding = self._detector.state != "speaking"
         stop = self._detector.end_now()
@@ -440,7 +445,7 @@ class Listener:
         elif state in ("holding", "deciding"):
             keep_from = self._detector.speech_start_ms - PREFIX_MS
         else:  # idle, or echo (a re-check looks at the last `echo_recheck_ms`)
-            keep_from = self.now_ms - max(2000, self._detector.rules.echo_recheck_ms + 500)
+            keep_from = self.now_ms - max(2000, ECHO_WINDOW_MS + 500)
         self._forget_until(keep_from)
 
 

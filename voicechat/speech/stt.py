@@ -99,8 +99,7 @@ class OpenAISTT:
             raise STTError(f"transcription server at {self.url}: {exc!r}") from None
         if response.status_code != 200:
             raise STTError(
-                f"transcription server answered HTTP {response.status_code}: "
-                f"{response.text[:200]}"
+                f"transcription server answered HTTP {response.status_code}: {response.text[:200]}"
             )
         try:
             text = response.json()["text"]

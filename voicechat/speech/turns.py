@@ -130,6 +130,7 @@ class TurnDetector:
                 self.state = DECIDING
                 # Judged on up to the last 3 s: a longer stretch is recognised more surely.
                 start = max(self._start_ms, self.now_ms - ECHO_WINDOW_MS)
+                self._start_ms = start  # accepted, the turn starts here: less of the echo
                 return [Candidate(start, self.now_ms)]
             return []
         return self._speaking(at_ms)
