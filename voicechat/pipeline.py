@@ -306,7 +306,6 @@ class Answer:
         except Exception:
             log.exception("could not store the partial answer of %s", self.response_id)
 
-
     def heard_text(self, audio_end_ms: int) -> str:
         """The units whose audio had begun by `audio_end_ms`: what the user heard of it."""
         if audio_end_ms >= self.audio_ms:
