@@ -22,8 +22,9 @@ import numpy as np
 import soxr
 
 from voicechat.audio.devices import list_devices
+from voicechat.protocol import INPUT_RATE
 
-RATE = 16000  # what the server takes: PCM16 mono 16 kHz
+RATE = INPUT_RATE  # what the server takes: PCM16 mono 16 kHz
 FRAME_MS = 20
 MAX_BUFFERED_MS = 1000  # frames the consumer has not taken yet; older ones are dropped
 FLOOR_DB = -90.0  # the level of digital silence, instead of -inf

@@ -9,9 +9,11 @@ import wave
 
 import numpy as np
 
+from voicechat.protocol import INPUT_RATE
+
 _HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
 
-SPEECH_INPUT_RATE = 16000  # protocol v1's input_audio: PCM16 little-endian mono 16 kHz
+SPEECH_INPUT_RATE = INPUT_RATE  # protocol v1's input_audio: PCM16 little-endian mono 16 kHz
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE  # WAVE format tags
 
 

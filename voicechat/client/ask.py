@@ -31,13 +31,18 @@ from voicechat.audio.wav import (
     speech_input_pcm,
 )
 from voicechat.client.connection import ChatConnection, ConnectionLost, ServerUnavailable
-from voicechat.settings import EXIT_ANSWER_FAILED, EXIT_OK, EXIT_UNREACHABLE
+from voicechat.settings import (
+    EXIT_ANSWER_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    InputAudioSettings,
+)
 
 # Sending a recording "as fast as allowed": the server takes a burst of audio ahead of real time,
 # then at most `speed` times real time on average (docs/protocol.md, limits). The client stays
 # under both with a margin, so no frame is ever refused.
-DEFAULT_BURST_S = 5.0
-DEFAULT_SPEED = 2.0
+DEFAULT_BURST_S = InputAudioSettings.burst_s  # for a server that does not say its own
+DEFAULT_SPEED = InputAudioSettings.speed
 BURST_MARGIN_S = 1.0  # send up to burst - 1 s ahead at once (4 s of the default 5 s)
 SPEED_MARGIN = 0.95  # then at 1.9x real time for the default 2x
 FAST_FRAME_MS = 100
@@ -51,7 +56,7 @@ class SpeechFileError(Exception):
 
 
 @dataclass(frozen=True)
-class SpeechInput:
+class SpokenQuestion:
     """A spoken question: PCM16 little-endian mono at 16 kHz, and where it came from."""
 
     pcm: bytes
@@ -63,7 +68,7 @@ class SpeechInput:
         return len(self.pcm) / 2 / SPEECH_INPUT_RATE
 
 
-def load_speech(path: Path, *, realtime: bool = False) -> SpeechInput:
+def load_speech(path: Path, *, realtime: bool = False) -> SpokenQuestion:
     """Read a WAV file (any integer PCM or float, any channels and rate) as speech input."""
     try:
         data = path.read_bytes()
@@ -75,7 +80,7 @@ def load_speech(path: Path, *, realtime: bool = False) -> SpeechInput:
         samples, rate = read_wav(data)
     except WavError as exc:
         raise SpeechFileError(f"cannot use {path} as speech: {exc}") from None
-    return SpeechInput(speech_input_pcm(samples, rate), str(path), realtime)
+    return SpokenQuestion(speech_input_pcm(samples, rate), str(path), realtime)
 
 
 class AudioCollector:
@@ -109,7 +114,7 @@ async def ask(
     text: str | None,
     *,
     server_url: str,
-    speech: SpeechInput | None = None,
+    speech: SpokenQuestion | None = None,
     out: Path | None = None,
     json_lines: bool = False,
     player: AudioPlayer | None = None,
@@ -218,7 +223,7 @@ async def _ask_by_text(connection: ChatConnection, text: str, answer: _Answer) -
 
 
 async def _ask_by_voice(
-    connection: ChatConnection, speech: SpeechInput, answer: _Answer
+    connection: ChatConnection, speech: SpokenQuestion, answer: _Answer
 ) -> str | None:
     """Stream `speech` and commit it; the status of the answer to what was heard last, or None
     after an error that ends the exchange (no speech heard included)."""
@@ -322,7 +327,7 @@ class _Pace:
     speed: float
 
 
-def _pace(speech: SpeechInput, settings: dict[str, Any]) -> _Pace:
+def _pace(speech: SpokenQuestion, settings: dict[str, Any]) -> _Pace:
     """--realtime: 20 ms frames at 1x, each once it "was spoken". Otherwise 100 ms frames, as
     fast as the server's limits allow, with a margin (its figures from session.created's
     `input_audio` when it gives them)."""

@@ -14,9 +14,10 @@ from typing import Protocol
 
 import httpx
 
+from voicechat.protocol import INPUT_RATE
 from voicechat.workers import Worker, WorkerError
 
-RATE = 16000
+RATE = INPUT_RATE
 
 
 class STTError(Exception):
