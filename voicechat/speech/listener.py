@@ -24,7 +24,10 @@ from voicechat import protocol
 from voicechat.settings import InputAudioSettings
 from voicechat.speech.stt import SpeechToText, STTError, Transcript
 from voicechat.speech.turns import (
+    DECIDING,
     ECHO_WINDOW_MS,
+    HOLDING,
+    SPEAKING,
     WINDOW_MS,
     Candidate,
     Paused,
@@ -40,7 +43,7 @@ from voicechat.workers import WorkerError
 
 log = logging.getLogger(__name__)
 
-RATE = 16000
+RATE = protocol.INPUT_RATE
 BYTES_PER_MS = RATE * 2 // 1000  # PCM16 mono
 PREFIX_MS = 300  # audio kept from before the speech began
 QUEUE_FRAMES = 256  # input_audio messages waiting for the listener
@@ -275,7 +278,7 @@ class Listener:
             except Exception as exc:  # STTError, a timeout: never leave a Candidate undecided
                 log.warning("echo check failed (%r): taking it as the user", exc)
             else:
-                if self._detector.state != "deciding":
+                if self._detector.state != DECIDING:
                     return  # a session.update or clear changed the rules meanwhile
                 if is_echo(heard.text, self.host.answer_words()):
                     log.info("speech over the answer taken as its echo: %r", heard.text)
@@ -402,7 +405,7 @@ class Listener:
                 await self.host.interrupt()
             await self._end_turn(int(self.now_ms), truncated=truncated)
             return
-        holding = self._detector.state != "speaking"
+        holding = self._detector.state != SPEAKING
         stop = self._detector.end_now()
         if stop is not None:
             if holding:  # speech over the answer not judged yet: a commit says it is the user
@@ -440,9 +443,9 @@ class Listener:
         if self.settings.turn_mode == PUSH_TO_TALK:
             return
         state = self._detector.state
-        if state == "speaking":
+        if state == SPEAKING:
             keep_from = self._turn_from_ms
-        elif state in ("holding", "deciding"):
+        elif state in (HOLDING, DECIDING):
             keep_from = self._detector.speech_start_ms - PREFIX_MS
         else:  # idle, or echo (a re-check looks at the last `echo_recheck_ms`)
             keep_from = self.now_ms - max(2000, ECHO_WINDOW_MS + 500)
