@@ -473,29 +473,6 @@ class VoiceChatServer:
             self.update_idle()
 
 
-class _ListenerHost:
-    """The session as its listener sees it (speech/listener.py: Host)."""
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self._session._send(frame)
-
-    def answer_playing(self) -> bool:
-        return self._session.answer_playing()
-
-    def answer_words(self) -> str:
-        answer = self._session._answer
-        return answer.text if answer is not None else ""
-
-    async def interrupt(self) -> None:
-        await self._session.interrupt()
-
-    async def user_turn(self, item_id: str, text: str, ended_at: float) -> None:
-        await self._session._start_answer(text, item_id, ended_at)
-
-
 class SlowClient(ClientGone):
     """The client stopped reading; its session is being closed."""
 
@@ -728,7 +705,7 @@ class Session:
             return None
         if self._listener is None:
             self._listener = Listener(
-                _ListenerHost(self),
+                self,  # the session is the listener's Host
                 speech.vad,
                 speech.stt,
                 self._turn_settings,
@@ -762,6 +739,18 @@ class Session:
         """An answer is being made, or its audio is still playing at the client (estimated
         from the audio sent: playback cannot end before the sum of the chunks' lengths)."""
         return self.answering or time.monotonic() < self._playing_until
+
+    # --- what the listener needs of its session (speech/listener.py: Host) ---------------
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self._send(frame)
+
+    def answer_words(self) -> str:
+        """The words of the latest answer, for the echo check."""
+        return self._answer.text if self._answer is not None else ""
+
+    async def user_turn(self, item_id: str, text: str, ended_at: float) -> None:
+        await self._start_answer(text, item_id, ended_at)
 
     def _drop_spoken_turns(self) -> None:
         if self._listener is not None:
