@@ -20,11 +20,13 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import msgpack
 import numpy as np
+
+from .loopback_http import LoopbackHTTPServer
 
 _REFERENCE_ID = re.compile(r"^[a-zA-Z0-9\-_ ]+$")
 
@@ -96,8 +98,7 @@ class FishDouble:
         self._worker = threading.Lock()  # the one model worker when `serialize` is on
         self._disconnected = threading.Event()
         self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopbackHTTPServer | None = None
         self._connections: set[socket.socket] = set()  # open client connections
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -108,20 +109,14 @@ class FishDouble:
         class Handler(_Handler):
             fish = double
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = LoopbackHTTPServer(Handler)
+        self.url = f"http://127.0.0.1:{self._server.port}"
         return self
 
     def stop(self) -> None:
         self._stopping.set()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._server.stop()
         with self._lock:  # kept-alive connections close too: a client must connect anew
             connections = list(self._connections)
         for connection in connections:

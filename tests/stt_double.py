@@ -31,12 +31,13 @@ import socket
 import threading
 import wave
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
 
 from .fish_double import refused_url
+from .loopback_http import LoopbackHTTPServer
 
 MODES = ("ok", "down", "500", "garbage", "no_text", "slow")
 RATE = 16000  # Whisper hears 16 kHz; other rates are resampled
@@ -88,8 +89,7 @@ class SttDouble:
         self._engine_lock = threading.Lock()  # one Whisper model: one request at a time
         self._stopping = threading.Event()
         self._slow_entered = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopbackHTTPServer | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -103,20 +103,14 @@ class SttDouble:
         class Handler(_Handler):
             stt = double
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = LoopbackHTTPServer(Handler)
+        self.url = f"http://127.0.0.1:{self._server.port}/v1"
         return self
 
     def stop(self) -> None:
         self._stopping.set()  # ends "slow" requests
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._server.stop()
 
     def __enter__(self) -> SttDouble:
         return self.start()
