@@ -3,7 +3,16 @@
 #   bash scripts/setup.sh        the program
 #   bash scripts/setup.sh test   the program plus the test tools
 # System packages come from apt (as root, or through sudo when available); Python packages from
-# PyPI into the current Python environment. Nothing is downloaded at run time afterwards.
+# PyPI. Nothing is downloaded at run time afterwards.
+#
+# Which Python environment (choose_environment below): the one python3 belongs to (an active
+# virtual environment or conda environment, a pyenv Python, any Python that is not the operating
+# system's), unless that Python is externally managed (PEP 668: Debian 12+, Ubuntu 23.04+ mark
+# theirs with an EXTERNALLY-MANAGED file), which pip must not touch: then a virtual environment of
+# our own, .venv in this clone, made with that Python, and a `voicechat` launcher on PATH
+# (/usr/local/bin as root, else ~/.local/bin). A python3 older than pyproject.toml's
+# requires-python gives way to a newer python3.N on PATH, or setup says what to install and stops.
+# The Python chosen is written to .voicechat-python, which scripts/test.sh runs the tests with.
 #
 # llama-cpp-python is compiled here, for a portable CPU baseline, never for this machine's CPU
 # (see build_portable_llama below and docs/architecture.md, "A portable build").
@@ -117,6 +126,94 @@ run_step() {
   fi
 }
 
+# --- which Python environment to install into -----------------------------------------------
+# choose_environment PYTHON MINIMUM
+# Asks PYTHON (a command) where voicechat should go, and prints one line of four tab-separated
+# fields: KIND VERSION EXECUTABLE WHY. KIND is
+#   here      install into this Python's environment (an active venv or conda environment, or a
+#             Python that is not externally managed: pyenv, a source build, a container's Python)
+#   venv      this Python is externally managed (PEP 668): make a virtual environment with it
+#   too-old   older than MINIMUM ("3.11")
+# The snippet sticks to Python 3.0 syntax, so an old Python can still say how old it is.
+choose_environment() {  # PYTHON MINIMUM
+  "$1" - "$2" <<'PY'
+import os, sys, sysconfig
+minimum = tuple(int(part) for part in sys.argv[1].split("."))
+version = "%d.%d" % sys.version_info[:2]
+exe = os.path.abspath(sys.executable)
+if sys.version_info[:len(minimum)] < minimum:
+    kind, why = "too-old", "Python %s is older than %s" % (version, sys.argv[1])
+elif sys.prefix != getattr(sys, "base_prefix", sys.prefix) or hasattr(sys, "real_prefix"):
+    # A virtual environment: pip ignores any EXTERNALLY-MANAGED marker in one (PEP 668).
+    kind, why = "here", "the active virtual environment %s" % sys.prefix
+elif os.environ.get("CONDA_PREFIX") and os.path.realpath(os.environ["CONDA_PREFIX"]) == os.path.realpath(sys.prefix):
+    kind, why = "here", "the active conda environment %s" % sys.prefix
+else:
+    marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+    if os.path.isfile(marker):
+        kind, why = "venv", "it is externally managed (PEP 668: %s)" % marker
+    else:
+        kind, why = "here", "%s, which is not externally managed" % sys.prefix
+print("\t".join((kind, version, exe, why)))
+PY
+}
+
+# find_python MINIMUM: the command and its choose_environment line (COMMAND KIND VERSION
+# EXECUTABLE WHY) for python3, or, when python3 is missing or older than MINIMUM, for the newest
+# python3.N on PATH that is not; else the too-old line of python3 (nothing: no Python 3 here).
+find_python() {  # MINIMUM
+  local candidate line first=""
+  local -a candidates=(python3)
+  mapfile -t -O 1 candidates < <(compgen -c python3. | grep -xE 'python3\.[0-9]+' | sort -t. -k2,2nr -u)
+  for candidate in "${candidates[@]}"; do
+    line="$(choose_environment "$candidate" "$1" 2>/dev/null)" || continue
+    line="$candidate"$'\t'"$line"
+    [ -n "$first" ] || first=$line
+    case "$line" in
+      *$'\t'too-old$'\t'*) ;;
+      *) printf '%s\n' "$line"; return 0 ;;
+    esac
+  done
+  if [ -n "$first" ]; then printf '%s\n' "$first"; fi
+}
+
+# --- the launcher: `voicechat` on PATH for an install into our own .venv -----------------------
+launcher_marker="# voicechat launcher, written by scripts/setup.sh"
+
+# install_launcher DIR PROGRAM: writes DIR/voicechat, a launcher that runs PROGRAM, unless
+# DIR/voicechat is something else than such a launcher: that one is left alone. Prints what it did.
+install_launcher() {  # DIR PROGRAM
+  local dir=$1 program=$2 path="$1/voicechat" previous=""
+  if [ -e "$path" ] || [ -L "$path" ]; then
+    if ! grep -qxF "$launcher_marker" "$path" 2>/dev/null; then
+      say "$path exists and is not setup's launcher: left alone; run $program instead"
+      return 0
+    fi
+    previous="$(sed -n 's/^# runs: //p' "$path")"
+  fi
+  mkdir -p "$dir"
+  {
+    echo '#!/bin/bash'
+    echo "$launcher_marker"
+    echo "# runs: $program"
+    printf 'program=%q\n' "$program"
+    # shellcheck disable=SC2016  # written for the launcher to expand, not here
+    printf '%s\n' \
+      'if [ ! -x "$program" ]; then' \
+      '  echo "voicechat: $program is gone: run bash scripts/setup.sh again in its clone (or delete $0)" >&2' \
+      '  exit 127' \
+      'fi' \
+      'exec "$program" "$@"'
+  } >"$path.tmp"
+  chmod 755 "$path.tmp"
+  mv -f "$path.tmp" "$path"
+  if [ -n "$previous" ] && [ "$previous" != "$program" ]; then
+    say "launcher: $path now runs $program (it ran $previous)"
+  else
+    say "launcher: $path runs $program"
+  fi
+}
+
 # Sourced by the tests: the functions above, nothing done. (`return` works only when sourced; run
 # as a program with this variable set, the script stops rather than install anything.)
 if [ "${VOICECHAT_SETUP_LIB_ONLY:-}" = 1 ]; then
@@ -127,10 +224,34 @@ fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# --- the Python: checked first, so a Python that will not do stops setup before anything is installed
+PYTHON_MINIMUM="$(grep -o 'requires-python = ">=[0-9.]*' pyproject.toml | grep -o '[0-9.]*$')"
+IFS=$'\t' read -r python_command env_kind python_version found_python env_why \
+  < <(find_python "$PYTHON_MINIMUM") || true
+case "${env_kind:-}" in
+  "")
+    say "no Python 3 found (python3 on PATH): install Python $PYTHON_MINIMUM or newer (apt-get install python3 python3-venv) and run this again" >&2
+    exit 1 ;;
+  too-old)
+    say "voicechat needs Python $PYTHON_MINIMUM or newer, and python3 here ($found_python) is $python_version: install a newer one (Ubuntu 22.04: apt-get install python$PYTHON_MINIMUM python$PYTHON_MINIMUM-venv) and run this again" >&2
+    exit 1 ;;
+esac
+if [ "$env_kind" = venv ]; then
+  venv_dir="$PWD/.venv"
+  say "Python: $found_python ($python_version): $env_why, so voicechat goes into a virtual environment of its own, $venv_dir"
+else
+  say "Python: $found_python ($python_version), in $env_why"
+fi
+
 debian_packages=(
   libportaudio2     # PortAudio, which sounddevice plays audio through
   build-essential   # a C/C++ compiler and make: llama-cpp-python is compiled here
 )
+if [ "$env_kind" = venv ]; then
+  # venv's pip comes from ensurepip, which Debian and Ubuntu ship apart, in python3.X-venv (with
+  # the pip wheel it installs); python3-pip would only add pip to the system Python, unused here.
+  debian_packages+=("python$python_version-venv")
+fi
 if [ "${1:-}" = "test" ]; then
   debian_packages+=(
     postgresql          # a real PostgreSQL server for the shared-memory test (started by the test)
@@ -175,6 +296,18 @@ else
   say "system packages: no apt-get here; make sure these are installed: ${debian_packages[*]}"
 fi
 
+# --- the environment voicechat goes into ----------------------------------------------------------
+if [ "$env_kind" = venv ]; then
+  python="$venv_dir/bin/python3"
+  # One made earlier with this Python's version is used again; anything else there is replaced.
+  if [ "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$python_version" ]; then
+    run_step "making the virtual environment: $found_python -m venv --clear .venv" \
+      "$found_python" -m venv --clear "$venv_dir"
+  fi
+else
+  python=$python_command  # through PATH, as typed: pyenv's shim then updates its own shims
+fi
+
 # --- llama-cpp-python, built for a CPU baseline rather than for this machine ---------------------
 # pip would compile llama.cpp with -march=native: the library then uses every instruction this CPU
 # has (AVX-512, AMX, ...), and dies with SIGILL on a machine, or in a VM, that lacks one or whose
@@ -204,7 +337,7 @@ build_portable_llama() {
   key="$(printf '%s %s' "$LLAMA_CPP_VERSION" "$flags" | sha256sum | cut -c1-12)"
   wheel_dir="${XDG_CACHE_HOME:-$HOME/.cache}/voicechat/wheels/llama-cpp-python-$LLAMA_CPP_VERSION-$arch-$key"
   # Already installed from exactly this folder? Then there is nothing to do.
-  if python3 - "$wheel_dir" <<'PY' 2>/dev/null
+  if "$python" - "$wheel_dir" <<'PY' 2>/dev/null
 import importlib.metadata, json, sys, urllib.parse
 dist = importlib.metadata.distribution("llama-cpp-python")
 url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
@@ -217,29 +350,44 @@ PY
   if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     mkdir -p "$wheel_dir"
     run_step "building llama.cpp: from source for a portable CPU baseline ($arch), about 5-8 minutes on 2 cores, once" \
-      env CMAKE_ARGS="$flags" FORCE_CMAKE=1 python3 -m pip wheel --quiet --no-deps --no-cache-dir \
+      env CMAKE_ARGS="$flags" FORCE_CMAKE=1 "$python" -m pip wheel --quiet --no-deps --no-cache-dir \
       --no-binary llama-cpp-python -w "$wheel_dir.tmp" "llama-cpp-python==$LLAMA_CPP_VERSION"
     mv "$wheel_dir.tmp"/llama_cpp_python-*.whl "$wheel_dir"/ && rm -rf "$wheel_dir.tmp"
   fi
   run_step "installing llama-cpp-python $LLAMA_CPP_VERSION: the portable build from $wheel_dir" \
-    python3 -m pip install --quiet --force-reinstall --no-deps "$wheel_dir"/llama_cpp_python-*.whl
+    "$python" -m pip install --quiet --force-reinstall --no-deps "$wheel_dir"/llama_cpp_python-*.whl
   # its pure-Python dependencies, from PyPI as usual
   run_step "installing llama-cpp-python's dependencies: from PyPI" \
-    python3 -m pip install --quiet "llama-cpp-python==$LLAMA_CPP_VERSION"
+    "$python" -m pip install --quiet "llama-cpp-python==$LLAMA_CPP_VERSION"
 }
 build_portable_llama
 
 if [ "${1:-}" = "test" ]; then
   run_step "installing Python packages: voicechat (editable) and its dependencies, with the test tools" \
-    python3 -m pip install --quiet -e ".[test]"
+    "$python" -m pip install --quiet -e ".[test]"
 else
   run_step "installing Python packages: voicechat (editable) and its dependencies" \
-    python3 -m pip install --quiet -e .
+    "$python" -m pip install --quiet -e .
 fi
-run_step "checking the installed program: python3 -m voicechat --help" python3 -m voicechat --help
+# for scripts/test.sh (untracked): the interpreter itself, not a command PATH could change
+"$python" -c 'import sys; print(sys.executable)' >.voicechat-python
+run_step "checking the installed program: voicechat --help" "$python" -m voicechat --help
 say "voicechat is installed (each step's output: $setup_log_dir)"
+
+# The program, for a shell that never activates our .venv: a launcher on PATH.
+if [ "$env_kind" = venv ]; then
+  if [ "$(id -u)" = 0 ]; then bin_dir=/usr/local/bin; else bin_dir="$HOME/.local/bin"; fi
+  install_launcher "$bin_dir" "$venv_dir/bin/voicechat"
+  on_path="$(command -v voicechat || true)"
+  if [ "$on_path" != "$bin_dir/voicechat" ]; then
+    case ":$PATH:" in
+      *":$bin_dir:"*) say "note: \`voicechat\` runs ${on_path}, found before $bin_dir on PATH; $venv_dir/bin/voicechat is this one" ;;
+      *) say "note: $bin_dir is not on this shell's PATH (Debian's ~/.profile adds it at your next login, once it exists): until then, run $venv_dir/bin/voicechat" ;;
+    esac
+  fi
+fi
 if [ "${1:-}" = "test" ]; then
-  say "next: python3 -m pytest    (and voicechat doctor checks this machine)"
+  say "next: bash scripts/test.sh    (the tests, with $python; voicechat doctor checks this machine)"
 else
   say "next: voicechat talk    (voicechat doctor checks this machine if something does not work)"
 fi
