@@ -10,6 +10,8 @@ new connections over them. This parent only starts, watches and stops them:
   dying young); the others go on serving meanwhile;
 - SIGINT or SIGTERM is passed to every child, which drains as a single server does; the parent
   exits 0 once they have all stopped. A child never outlives the parent (PR_SET_PDEATHSIG).
+- a child that died holds nothing any more: its slot in the session tally is set to 0 and its
+  live gauges of /metrics are dropped (the multiprocess directory) as soon as it is reaped.
 
 Children know they are children from CHILD_ENV ("INDEX/COUNT"), set only here.
 """
@@ -34,6 +36,9 @@ log = logging.getLogger("voicechat")
 CHILD_ENV = "VOICECHAT_SERVE_CHILD"  # "INDEX/COUNT" in a child of `serve --workers N`
 TALLY_ENV = "VOICECHAT_SERVE_TALLY"  # the file where the children count their sessions
 READY_FD_ENV = "VOICECHAT_SERVE_READY_FD"  # the child writes one byte here once it listens
+RESTARTED_ENV = "VOICECHAT_SERVE_RESTARTED"  # "1" in a child started again after one died
+# prometheus-client's own variable: its multiprocess mode keeps the children's metrics there.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FIRST_RESTART_S = 1.0
 MAX_RESTART_S = 30.0
 STEADY_S = 60.0  # a child that ran this long died "old": its next restart waits FIRST_RESTART_S
@@ -66,7 +71,11 @@ class SessionTally:
         self.count = count
 
     def set_own(self, sessions: int) -> None:
-        self.SLOT.pack_into(self._map, self.index * self.SLOT.size, sessions)
+        self.set_slot(self.index, sessions)
+
+    def set_slot(self, slot: int, sessions: int) -> None:
+        """Only the supervisor writes another process's slot: 0 once that process is dead."""
+        self.SLOT.pack_into(self._map, slot * self.SLOT.size, sessions)
 
     def total(self) -> int:
         return sum(
@@ -75,8 +84,19 @@ class SessionTally:
 
 
 def session_tally(role: ChildRole) -> SessionTally | None:
+    """This child's view of the tally; its slot starts at 0 (a restarted child holds nothing,
+    whatever the one before it left there)."""
     path = os.environ.get(TALLY_ENV)
-    return SessionTally(path, role.index, role.count) if path else None
+    if not path:
+        return None
+    tally = SessionTally(path, role.index, role.count)
+    tally.set_own(0)
+    return tally
+
+
+def restarted() -> bool:
+    """Is this process a child started again after the one before it died?"""
+    return os.environ.get(RESTARTED_ENV) == "1"
 
 
 def child_role() -> ChildRole | None:
@@ -116,11 +136,14 @@ class _Child:
 class Supervisor:
     """Starts the children, restarts the ones that die, stops them all on a signal."""
 
-    def __init__(self, argv: list[str], count: int, tally_path: str) -> None:
+    def __init__(self, argv: list[str], count: int, tally_path: str, metrics_dir: str) -> None:
         self.argv = argv  # the whole `voicechat serve ...` command line, run as is by children
         self.count = count
         self.tally_path = tally_path
+        self.tally = SessionTally(tally_path, 0, count)  # to empty a dead child's slot
+        self.metrics_dir = metrics_dir  # prometheus-client's multiprocess files (/metrics)
         self.children: dict[int, _Child] = {}  # by index
+        self.started: set[int] = set()  # indexes started at least once
         self.stopping = False
 
     def run(self) -> int:
@@ -154,8 +177,11 @@ class Supervisor:
             CHILD_ENV: f"{index}/{self.count}",
             TALLY_ENV: self.tally_path,
             READY_FD_ENV: str(write_end),
+            RESTARTED_ENV: "1" if index in self.started else "0",
             "VOICECHAT_SERVE_PARENT": str(os.getpid()),
+            MULTIPROC_ENV: self.metrics_dir,
         }
+        self.started.add(index)
         process = subprocess.Popen(self.argv, env=env, pass_fds=(write_end,))
         os.close(write_end)
         child = _Child(index, process)
@@ -182,10 +208,21 @@ class Supervisor:
                 continue
             child = self.children.pop(index)
             child.process.returncode = os.waitstatus_to_exitcode(status)
+            self._forget(child)
             if self.stopping:
                 continue
             self._restart(child)
         return 0
+
+    def _forget(self, dead: _Child) -> None:
+        """A dead child's sessions are gone: its slot of the tally is 0 from now on (not when
+        its successor starts, seconds later, or never while the supervisor is stopping), and
+        its live gauges leave /metrics (its counters stay: what it did still happened)."""
+        from prometheus_client.multiprocess import mark_process_dead  # only here: doctor and
+        # the CLI import this module, and need no metrics library
+
+        self.tally.set_slot(dead.index, 0)
+        mark_process_dead(dead.process.pid, self.metrics_dir)
 
     def _restart(self, dead: _Child) -> None:
         code = dead.process.returncode
@@ -207,6 +244,7 @@ class Supervisor:
             log.info("worker %d is back (pid %d)", child.index, child.process.pid)
         else:
             self.children.pop(child.index, None)
+            self._forget(child)
             self._restart(child)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
@@ -267,7 +305,10 @@ def run(count: int, host: str, port: int) -> int:
     argv = [sys.executable, "-m", "voicechat", *sys.argv[1:]]
     # In /dev/shm where there is one: memory, never written back to a disk.
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.NamedTemporaryFile(prefix="voicechat-sessions-", dir=shm) as tally:
+    with (
+        tempfile.NamedTemporaryFile(prefix="voicechat-sessions-", dir=shm) as tally,
+        tempfile.TemporaryDirectory(prefix="voicechat-metrics-", dir=shm) as metrics_dir,
+    ):
         tally.write(bytes(SessionTally.SLOT.size * count))
         tally.flush()
-        return Supervisor(argv, count, tally.name).run()
+        return Supervisor(argv, count, tally.name, metrics_dir).run()

@@ -1,8 +1,11 @@
 """The WebSocket server: routes, sessions, limits and a two-step shutdown.
 
-`WS /v1/chat/stream` runs one `Session` per connection; `GET /healthz` answers JSON (`HEAD` its
-headers, other methods 405); any other path gets 404. Connections still in the opening handshake
-are capped apart from sessions, and both caps are fitted to the open-file limit.
+`WS /v1/chat/stream` runs one `Session` per connection; `GET /healthz` answers JSON and
+`GET /metrics` Prometheus' text format (`HEAD` their headers, other methods 405); the web
+client's files are served from memory; any other path gets 404. A request with several `Host`
+headers gets 400, a chat handshake with several `Origin` headers 403. Connections still in the
+opening handshake are capped apart from sessions, and both caps are fitted to the open-file
+limit.
 
 A session owns at most one answer task and one writer task: every frame goes through a bounded
 outbound queue to the writer, which drops frames of cancelled responses, so after a response's
@@ -32,8 +35,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from voicechat import protocol
+from voicechat import protocol, serve_workers
 from voicechat.llm import ChatBackend
+from voicechat.metrics import METRICS_PATH, METRICS_REFRESH_S, ServerMetrics
 from voicechat.pipeline import (
     CANCELLED,
     COMPLETED,
@@ -47,7 +51,7 @@ from voicechat.settings import ServerConfig
 from voicechat.speech import SpeechInput
 from voicechat.speech.listener import Listener, TurnSettings
 from voicechat.tts.base import TTSEngine
-from voicechat.web import load_static_files, security_headers
+from voicechat.web import etag_matches, load_static_files, security_headers
 from voicechat.workers import Worker
 
 log = logging.getLogger(__name__)
@@ -215,8 +219,14 @@ class VoiceChatServer:
         self.config = config
         self.workers = dict(workers or {})  # the engines' worker processes, for /healthz
         self.sessions: set[Session] = set()
-        # Counters for /healthz.
-        self.refused = {"full": 0, "auth": 0, "origin": 0, "slow": 0, "idle": 0, "handshake": 0}
+        # Counters for /healthz (refuse() counts them there and in /metrics).
+        self.refused = {
+            "full": 0, "auth": 0, "origin": 0, "slow": 0, "idle": 0, "handshake": 0,
+            "bad_request": 0,
+        }  # fmt: skip
+        restarted = config.worker_index is not None and serve_workers.restarted()
+        self.metrics = ServerMetrics(config.worker_index, restarted=restarted)
+        self._metrics_task: asyncio.Task[None] | None = None  # serve --workers N: publishes
         self.static_files = load_static_files()  # the browser client, served at /
         # Accepted, not yet a session; oldest first (a dict keeps insertion order).
         self._handshaking: dict[ServerConnection, None] = {}
@@ -275,6 +285,13 @@ class VoiceChatServer:
             lock = self._conversation_locks[thread_id] = asyncio.Lock()
         return lock
 
+    def refuse(self, reason: str) -> None:
+        """Count a refusal (or a session closed by a limit): /healthz `disconnected` has the
+        connection-level reasons, /metrics every reason (metrics.REFUSAL_REASONS)."""
+        if reason in self.refused:
+            self.refused[reason] += 1
+        self.metrics.refused(reason)
+
     def update_idle(self, *_: object) -> None:
         """Recompute the idle flag; called whenever a session or an answer task ends."""
         if self.sessions or self.responses_in_flight():
@@ -293,7 +310,7 @@ class VoiceChatServer:
         or, when every one has, the new connection."""
         if len(self._handshaking) >= self.max_handshakes:
             victim = next((c for c in self._handshaking if c.request is None), connection)
-            self.refused["handshake"] += 1
+            self.refuse("handshake")
             self._handshake_notice.refused(self.max_handshakes)
             self._handshaking.pop(victim, None)
             victim.transport.abort()  # frees its file descriptor now
@@ -337,12 +354,27 @@ class VoiceChatServer:
             server_header=None,
             reuse_port=config.reuse_port or None,
         )
+        self.metrics.publish(self.health())
+        if self.metrics.shared_dir is not None:
+            self._metrics_task = asyncio.create_task(self._publish_metrics(), name="metrics")
+
+    async def _publish_metrics(self) -> None:
+        """`serve --workers N`: a scrape is answered by any process, from every process's
+        files, so each process keeps its states there fresh (its events it writes as they
+        happen)."""
+        while True:
+            await asyncio.sleep(METRICS_REFRESH_S)
+            self.metrics.publish(self.health())
 
     async def shutdown(self) -> None:
         """Stop listening, end answers in flight with their response.done, close, release."""
         if self._server is None:
             return
         self._server.server.close()  # no new connections from here on
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            await asyncio.gather(self._metrics_task, return_exceptions=True)
+            self._metrics_task = None
         try:
             await asyncio.gather(
                 *(session.close_for_shutdown() for session in list(self.sessions)),
@@ -381,29 +413,19 @@ class VoiceChatServer:
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         method = getattr(request, "method", "GET")  # older websockets parse GET requests only
-        if path == protocol.CHAT_PATH and method != "GET":
+        if len(request.headers.get_all("Host")) > 1:
+            # RFC 9112, 3.2: more than one Host is a 400. Which one the Origin check and the
+            # page's policy would use is a guess, and a proxy may have picked the other.
+            self._refuse_request(connection, method, path, "bad_request", "several Host headers")
+            response = connection.respond(HTTPStatus.BAD_REQUEST, "several Host headers\n")
+        elif path == protocol.CHAT_PATH and method != "GET":
             response = connection.respond(
                 HTTPStatus.METHOD_NOT_ALLOWED, f"{path} is a WebSocket: GET with an Upgrade\n"
             )
             response.headers["Allow"] = "GET"
         elif path == protocol.CHAT_PATH:
-            origin = request.headers.get("Origin")
-            if not origin_allowed(origin, request.headers.get("Host"), self.config.allow_origins):
-                self.refused["origin"] += 1
-                return connection.respond(
-                    HTTPStatus.FORBIDDEN,
-                    f"origin {origin} is not allowed; serve with --allow-origin {origin}\n",
-                )
-            open_sessions = len(self.sessions) if self.tally is None else self.tally.total()
-            if open_sessions >= self.max_connections:
-                self.refused["full"] += 1
-                self._full_notice.refused(self.max_connections)
-                return connection.respond(
-                    HTTPStatus.SERVICE_UNAVAILABLE,
-                    f"server full: {self.max_connections} connections; retry later\n",
-                )
-            return None  # go on with the WebSocket handshake
-        elif path == protocol.HEALTH_PATH and method not in ("GET", "HEAD"):
+            return self._admit(connection, request)
+        elif path in (protocol.HEALTH_PATH, METRICS_PATH) and method not in ("GET", "HEAD"):
             response = connection.respond(
                 HTTPStatus.METHOD_NOT_ALLOWED, f"{path} answers GET and HEAD only\n"
             )
@@ -412,6 +434,10 @@ class VoiceChatServer:
             response = connection.respond(HTTPStatus.OK, json.dumps(self.health()) + "\n")
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json"
+        elif path == METRICS_PATH:
+            body, content_type = self.metrics.render(self.health())
+            response = _bytes_response(connection, body, content_type)
+            response.headers["Cache-Control"] = "no-store"
         elif path in self.static_files:
             response = self._static(connection, request, path, method)
         else:
@@ -419,6 +445,38 @@ class VoiceChatServer:
         if method == "HEAD":  # the headers a GET would get (Content-Length too), no body
             response.body = b""
         return response
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The chat path: a refusal (the Origin, the cap), or None to go on with the handshake."""
+        origins = request.headers.get_all("Origin")
+        if len(origins) > 1:  # a browser sends one: which one to check would be a guess
+            self._refuse_request(
+                connection, "GET", protocol.CHAT_PATH, "origin", "several Origin headers"
+            )
+            return connection.respond(HTTPStatus.FORBIDDEN, "several Origin headers\n")
+        origin = origins[0] if origins else None
+        if not origin_allowed(origin, request.headers.get("Host"), self.config.allow_origins):
+            self.refuse("origin")
+            return connection.respond(
+                HTTPStatus.FORBIDDEN,
+                f"origin {origin} is not allowed; serve with --allow-origin {origin}\n",
+            )
+        open_sessions = len(self.sessions) if self.tally is None else self.tally.total()
+        if open_sessions >= self.max_connections:
+            self.refuse("full")
+            self._full_notice.refused(self.max_connections)
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"server full: {self.max_connections} connections; retry later\n",
+            )
+        return None  # go on with the WebSocket handshake
+
+    def _refuse_request(
+        self, connection: ServerConnection, method: str, path: str, reason: str, why: str
+    ) -> None:
+        """Count a malformed request and log one line (no traceback)."""
+        self.refuse(reason)
+        log.warning("refused %s: %s %s with %s", connection.remote_address, method, path, why)
 
     def _static(
         self, connection: ServerConnection, request: Request, path: str, method: str
@@ -429,29 +487,33 @@ class VoiceChatServer:
             response.headers["Allow"] = "GET, HEAD"
             return response
         file = self.static_files[path]
-        if request.headers.get("If-None-Match") == file.etag:
+        if etag_matches(request.headers.get_all("If-None-Match"), file.etag):
             response = connection.respond(HTTPStatus.NOT_MODIFIED, "")
             response.body = b""
             del response.headers["Content-Length"]
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = file.content_type
         else:
-            response = connection.respond(HTTPStatus.OK, "")
-            response.body = file.body
-            del response.headers["Content-Length"]  # respond() set it for the empty body
-            response.headers["Content-Length"] = str(len(file.body))
-        del response.headers["Content-Type"]
-        response.headers["Content-Type"] = file.content_type
+            response = _bytes_response(connection, file.body, file.content_type)
         response.headers["Cache-Control"] = "no-cache"
         response.headers["ETag"] = file.etag
         for name, value in security_headers(request.headers.get("Host")).items():
             response.headers[name] = value
         return response
 
+    def _count_sessions(self) -> None:
+        """After a session opened or closed: the shared tally (the cap of serve --workers N)
+        and the sessions gauge of /metrics, both at once rather than at the next scrape."""
+        if self.tally is not None:
+            self.tally.set_own(len(self.sessions))
+        self.metrics.sessions.set(len(self.sessions))
+
     async def _handle_connection(self, connection: ServerConnection) -> None:
         self._handshaking.pop(connection, None)  # the handshake is over
         token = self.config.token
         headers = connection.request.headers
         if token and not token_matches(presented_token(headers), token):
-            self.refused["auth"] += 1
+            self.refuse("auth")
             several = len(headers.get_all("Authorization")) > 1
             why = "several Authorization headers" if several else "missing or wrong token"
             log.warning("refused %s: %s", connection.remote_address, why)
@@ -459,18 +521,27 @@ class VoiceChatServer:
             return
         session = Session(self, connection)
         self.sessions.add(session)
-        if self.tally is not None:
-            self.tally.set_own(len(self.sessions))
+        self._count_sessions()
         self._idle.clear()
         log.info("session %s… opened from %s", session.log_id, connection.remote_address)
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
-            if self.tally is not None:
-                self.tally.set_own(len(self.sessions))
+            self._count_sessions()
             log.info("session %s… closed", session.log_id)
             self.update_idle()
+
+
+def _bytes_response(connection: ServerConnection, body: bytes, content_type: str) -> Response:
+    """A 200 with this body and type (respond() takes text and says text/plain)."""
+    response = connection.respond(HTTPStatus.OK, "")
+    response.body = body
+    del response.headers["Content-Length"]  # respond() set it for the empty body
+    response.headers["Content-Length"] = str(len(body))
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 class SlowClient(ClientGone):
@@ -521,6 +592,8 @@ class Session:
         # before the client's report of what it heard arrives).
         self._recent_answers: dict[str, Answer] = {}
         self._history_tasks: set[asyncio.Task[None]] = set()  # truncations waiting to be stored
+        # Answers not yet counted in /metrics (each once, however it ends): spoken or typed.
+        self._uncounted: dict[str, bool] = {}
 
     @property
     def answering(self) -> bool:
@@ -573,7 +646,7 @@ class Session:
                 except TimeoutError:
                     continue
             else:
-                self.server.refused["idle"] += 1
+                self.server.refuse("idle")
                 await self._close(protocol.CLOSE_IDLE, "idle timeout")
                 return None
 
@@ -617,6 +690,7 @@ class Session:
             await self._append_audio(message.pcm16)  # its own limit: seconds of audio
             return
         if not self._take_allowance():
+            self.server.refuse("message_rate")
             limit = self.server.config.messages_per_minute
             await self._send(
                 protocol.error(
@@ -643,13 +717,16 @@ class Session:
         elif isinstance(message, protocol.CommitAudio | protocol.ClearAudio):
             kind = "commit" if isinstance(message, protocol.CommitAudio) else "clear"
             if not listener.put(kind):
+                self.server.refuse("speech_behind")
                 await self._send(protocol.error(protocol.RATE_LIMITED, SPEECH_BEHIND))
         elif isinstance(message, protocol.UpdateSession):
             self._turn_settings = self._turn_settings.updated(message.fields)
             listener.update(self._turn_settings)
             await self._send({"type": "session.updated", "input_audio": self._input_audio_info()})
 
-    async def _start_answer(self, text: str, in_reply_to: str | None, arrived_at: float) -> None:
+    async def _start_answer(
+        self, text: str, in_reply_to: str | None, arrived_at: float, *, spoken: bool = False
+    ) -> None:
         """A user turn, typed or spoken: the answer in flight ends first (barge-in)."""
         async with self._answer_lock:
             await self._cancel_answer(notify=True)
@@ -666,6 +743,7 @@ class Session:
             )
             await self._send(protocol.response_created(answer.response_id, in_reply_to))
             self._answer = answer
+            self._uncounted[response_id] = spoken
             self._recent_answers[response_id] = answer
             while len(self._recent_answers) > RECENT_ANSWERS:
                 self._recent_answers.pop(next(iter(self._recent_answers)))
@@ -722,6 +800,7 @@ class Session:
         # A frame costs at least 20 ms: tiny frames cannot buy many requests per second.
         seconds = max(len(pcm16) / 2 / protocol.INPUT_RATE, MIN_FRAME_S)
         if seconds > self._audio_allowance:
+            self.server.refuse("audio_rate")
             await self._send(
                 protocol.error(
                     protocol.RATE_LIMITED,
@@ -733,6 +812,7 @@ class Session:
         self._audio_allowance -= seconds
         listener = await self._speech_listener()
         if listener is not None and not listener.put("audio", pcm16):
+            self.server.refuse("speech_behind")
             await self._send(protocol.error(protocol.RATE_LIMITED, SPEECH_BEHIND))
 
     def answer_playing(self) -> bool:
@@ -750,7 +830,7 @@ class Session:
         return self._answer.text if self._answer is not None else ""
 
     async def user_turn(self, item_id: str, text: str, ended_at: float) -> None:
-        await self._start_answer(text, item_id, ended_at)
+        await self._start_answer(text, item_id, ended_at, spoken=True)
 
     def _drop_spoken_turns(self) -> None:
         if self._listener is not None:
@@ -820,6 +900,7 @@ class Session:
             except Exception as exc:
                 if _is_client_gone(exc):
                     await answer.keep_partial_text()
+                    self._count_answer(answer, CANCELLED)
                     return  # the connection is being closed: nothing more to send
                 log.exception("response %s crashed", answer.response_id)
                 error = protocol.error(
@@ -846,10 +927,23 @@ class Session:
             await answer.keep_partial_text()
         if notify:
             await self._finish(answer, CANCELLED)
+        else:
+            self._count_answer(answer, CANCELLED)
 
     async def _finish(self, answer: Answer, status: str) -> None:
+        self._count_answer(answer, status)
         await self._queue((answer.response_id, protocol.encode(answer.done_frame(status)), FINAL))
         answer.done_sent = True
+
+    def _count_answer(self, answer: Answer, status: str) -> None:
+        """/metrics: the answer's status and its first audio (time to first audio for a typed
+        turn, voice to voice for a spoken one), once, whether or not the client saw the end."""
+        spoken = self._uncounted.pop(answer.response_id, None)
+        if spoken is None:
+            return
+        first_audio_ms = answer.metrics()["first_audio_ms"]
+        first_audio_s = None if first_audio_ms is None else first_audio_ms / 1000
+        self.server.metrics.answer_done(status, first_audio_s, spoken=spoken)
 
     def _emitter(self, response_id: str) -> Emit:
         async def emit(frame: dict[str, Any]) -> None:
@@ -882,7 +976,7 @@ class Session:
 
     def _disconnect_slow_client(self) -> None:
         if self._closer is None:
-            self.server.refused["slow"] += 1
+            self.server.refuse("slow")
             log.warning("session %s…: client stopped reading; disconnecting", self.log_id)
             reason = f"client too slow: {self._outbound.qsize()} frames waiting"
             self._closer = asyncio.create_task(self._close(protocol.CLOSE_POLICY, reason))

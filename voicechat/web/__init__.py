@@ -9,6 +9,7 @@ file system (`..`, `%2e%2e`, `//` and the like have nothing to resolve against).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,19 @@ def load_static_files(folder: Path = STATIC_DIR) -> dict[str, StaticFile]:
     if "/index.html" in files:
         files["/"] = files["/index.html"]
     return files
+
+
+ENTITY_TAG = re.compile(r'\*|(?:W/)?"[^"]*"')
+
+
+def etag_matches(if_none_match: list[str], etag: str) -> bool:
+    """Does a request's `If-None-Match` (every such header: it is a list, and RFC 9110 lets a
+    client or proxy split a list over several header lines) name `etag`? Weak comparison, as
+    RFC 9110 13.1.2 asks: `W/"x"` matches `"x"`; `*` matches any."""
+    for tag in ENTITY_TAG.findall(",".join(if_none_match)):
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
 
 
 def security_headers(host: str | None) -> dict[str, str]:
