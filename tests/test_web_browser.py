@@ -749,6 +749,54 @@ async def test_phone_width_dark_mode_labels_and_the_keyboard(page: Any) -> None:
         assert outline != "none"
 
 
+# Whether the message box's placeholder would wrap: a textarea like it (the page's CSS, its
+# width), one line of text, then the placeholder as its text; a wrapped text is taller. The
+# browser's own text layout, not the page's measurement of it.
+PLACEHOLDER_WRAPS = """() => {
+  const box = document.getElementById("message");
+  const probe = document.createElement("textarea");
+  probe.rows = 1;
+  probe.style.position = "absolute";
+  probe.style.visibility = "hidden";
+  probe.style.width = `${box.offsetWidth}px`;
+  box.parentElement.append(probe);
+  probe.value = "M";
+  const oneLine = probe.scrollHeight;
+  probe.value = box.placeholder;
+  const wraps = probe.scrollHeight > oneLine;
+  probe.remove();
+  return { placeholder: box.placeholder, wraps, width: window.innerWidth };
+}"""
+FULL_PLACEHOLDER = "Message (Enter sends, Shift+Enter: new line)"
+# Resolves once a whole frame has passed: its layout done and ResizeObserver callbacks run.
+NEXT_FRAME = "() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))"
+
+
+async def focused(page: Any) -> str:
+    return await page.evaluate("() => document.activeElement?.id ?? ''")
+
+
+async def test_the_message_box_has_focus_and_a_placeholder_that_fits(page: Any) -> None:
+    await page.set_viewport_size({"width": 390, "height": 700})
+    async with running_server(scripted_backend(["Fine."]), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        assert await focused(page) == "message"  # typing right away goes into the box
+        await page.keyboard.type("Hello")  # no click first
+        await page.click("#send")  # the button takes the focus, the box gets it back
+        await answer_done(page, 1)
+        assert (await state(page))["turns"][0]["text"] == "Hello"
+        assert await focused(page) == "message"
+
+        for width in (390, 1000, 600, 320):  # as it opened, wider, narrower
+            await page.set_viewport_size({"width": width, "height": 700})
+            await page.wait_for_function(f"() => window.innerWidth === {width}")
+            await page.evaluate(NEXT_FRAME)  # the resize laid out, its ResizeObservers called
+            fit = await page.evaluate(PLACEHOLDER_WRAPS)
+            assert not fit["wraps"] and fit["placeholder"].startswith("Message"), fit
+            if width >= 600:  # where there is room, the whole hint
+                assert fit["placeholder"] == FULL_PLACEHOLDER, fit
+
+
 # --- the embedded models, once --------------------------------------------------------------
 
 

@@ -140,6 +140,7 @@ ui.tokenForm.addEventListener("submit", (event) => {
   tokenStore.set(token);
   ui.tokenInput.value = "";
   ui.tokenForm.hidden = true;
+  ui.input.focus();
   chat.failures = 0;
   connect();
 });
@@ -450,6 +451,7 @@ function interruptAnswers() {
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
   sendMessage();
+  ui.input.focus(); // after a click on Send too: the next message can be typed at once
 });
 
 ui.input.addEventListener("keydown", (event) => {
@@ -790,6 +792,19 @@ function fitInput() {
   ui.input.style.height = `${Math.min(ui.input.scrollHeight, 200)}px`;
 }
 
+// The longest placeholder that fits the box on one line: in a one-line box a placeholder that
+// wraps is cut in half (a phone is 360-390 px wide). The first is the page's own.
+const PLACEHOLDERS = [ui.input.placeholder, "Message (Enter sends)", "Message"];
+const measure = document.createElement("canvas").getContext("2d");
+
+function fitPlaceholder() {
+  const style = getComputedStyle(ui.input);
+  const room = ui.input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  measure.font = `${style.fontStyle} ${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+  const fits = (text) => Math.ceil(measure.measureText(text).width) + 1 <= room; // +1: rounding
+  ui.input.placeholder = PLACEHOLDERS.find(fits) ?? PLACEHOLDERS.at(-1);
+}
+
 // --- the read-only hook for tests and debugging -------------------------------------------
 
 function snapshot() {
@@ -823,6 +838,7 @@ function snapshot() {
 
 window.voicechat = Object.freeze({ state: snapshot });
 
+new ResizeObserver(fitPlaceholder).observe(ui.input); // also its first layout
 takeTokenFromFragment();
 connect();
 setInterval(followPlayback, FOLLOW_MS);
