@@ -266,3 +266,114 @@ async def test_max_connections_holds_for_all_workers_together(memory_file: str) 
             await conn.__aexit__(None, None, None)
     finally:
         stop(process)
+
+
+async def pid_of(port: int, worker: int) -> int:
+    """The pid of worker `worker`, from a /healthz that it answered."""
+    async with httpx.AsyncClient() as client:
+        for _ in range(ATTEMPTS):
+            health = (await client.get(f"http://127.0.0.1:{port}/healthz")).json()
+            if health["worker"]["index"] == worker:
+                return int(health["worker"]["pid"])
+    raise AssertionError(f"no /healthz from worker {worker}")
+
+
+async def until_restarted(port: int, worker: int, old_pid: int) -> None:
+    """Until worker `worker` answers /healthz from another pid than `old_pid`."""
+    async with httpx.AsyncClient() as client:
+        for _ in range(int(WAIT_S / 0.05)):
+            with contextlib.suppress(httpx.TransportError):
+                health = (await client.get(f"http://127.0.0.1:{port}/healthz")).json()
+                if health["worker"]["index"] == worker and health["worker"]["pid"] != old_pid:
+                    return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"worker {worker} was not started again")
+
+
+async def drop(conn: ChatConnection) -> None:
+    with contextlib.suppress(ConnectionLost, OSError):
+        await conn.__aexit__(None, None, None)
+
+
+async def test_a_killed_workers_sessions_stop_counting_against_the_cap(memory_file: str) -> None:
+    """Issue 24, defect 3: the server full (10 of 10), SIGKILL of the process holding most of
+    them. Once it is back, its places are free again: its slot of the shared tally said what
+    it held, so every new connection got 503 while fewer than 10 sessions were open."""
+    port = _free_port()
+    process = serve(port, "--memory", memory_file, "--max-connections", "10")
+    try:
+        await until_listening(port, process)
+        conns = [await ChatConnection(url(port)).__aenter__() for _ in range(10)]
+        held = {worker: [c for c in conns if c.session["worker"] == worker] for worker in (0, 1)}
+        victim = max(held, key=lambda worker: len(held[worker]))  # 5 or more of the 10
+        freed = len(held[victim])
+        old_pid = await pid_of(port, victim)
+        os.kill(old_pid, signal.SIGKILL)
+        for conn in held[victim]:
+            await drop(conn)
+        await until_restarted(port, victim, old_pid)
+        survivors = held[1 - victim]
+        for _ in range(freed):  # whichever process the kernel picks: the freed places are free
+            survivors.append(await ChatConnection(url(port)).__aenter__())
+        with pytest.raises(ServerUnavailable, match="the server is full"):
+            survivors.append(await ChatConnection(url(port)).__aenter__())  # the cap holds
+        for conn in survivors:
+            await conn.__aexit__(None, None, None)
+    finally:
+        stop(process)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(port: int) -> Samples:
+    """One /metrics scrape, answered by whichever process the kernel picked."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient() as client:  # a new connection: the kernel picks again
+        response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    assert response.status_code == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+async def until_sessions(port: int, count: int) -> None:
+    """Until /metrics counts `count` sessions (the misses of connection_on close in the
+    background)."""
+    for _ in range(int(WAIT_S / 0.05)):
+        if (await scrape(port))[("voicechat_sessions", frozenset())] == count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/metrics never counted {count} sessions")
+
+
+async def test_metrics_add_up_every_worker_whichever_answers_the_scrape(
+    two_workers: tuple[int, subprocess.Popen[bytes]],
+) -> None:
+    """One answer on each process: every scrape (any process may get it) counts both, and
+    after a SIGKILL the dead one's answers still count, its sessions no longer do."""
+    port, _ = two_workers
+    conns = [await connection_on(port, 0), await connection_on(port, 1)]
+    for conn in conns:
+        assert (await answer(conn, "Hello."))["status"] == "completed"
+    await until_sessions(port, 2)
+    completed = ("voicechat_answers_total", frozenset({("status", "completed")}))
+    for _ in range(8):  # per-process numbers would say 1 in every one of them
+        samples = await scrape(port)
+        assert samples[("voicechat_server_processes", frozenset())] == 2
+        assert samples[completed] == 2
+        assert samples[("voicechat_first_audio_seconds_count", frozenset())] == 2
+        assert samples[("voicechat_sessions", frozenset())] == 2
+    old_pid = await pid_of(port, 1)
+    os.kill(old_pid, signal.SIGKILL)
+    await drop(conns.pop())
+    await until_restarted(port, 1, old_pid)
+    samples = await scrape(port)
+    assert samples[completed] == 2  # what the dead process answered still happened
+    assert samples[("voicechat_sessions", frozenset())] == 1  # its session is gone
+    assert samples[("voicechat_server_processes", frozenset())] == 2
+    assert samples[("voicechat_server_restarts_total", frozenset())] == 1
+    await drop(conns.pop())

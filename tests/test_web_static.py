@@ -174,3 +174,62 @@ def test_every_module_and_worklet_the_page_loads_is_shipped() -> None:
         for name in names:
             assert f"/{name}" in served, f"{source} loads {name}, which is not served"
             assert (STATIC_DIR / name).is_file()
+
+
+WS_UPGRADE = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+@pytest.mark.parametrize("path", ["/", "/app.js", "/healthz", "/metrics", "/v1/chat/stream"])
+async def test_several_host_headers_get_400_with_one_log_line(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 9112: more than one Host is a 400. The Origin check and the page's policy read Host,
+    and which of two a proxy used is a guess (it was an HTTP 500 and a traceback)."""
+    async with running_server(scripted_backend(SCRIPT)) as server:
+        upgrade = WS_UPGRADE if path == "/v1/chat/stream" else ""
+        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n{upgrade}\r\n"
+        status, _, body = await http_exchange(server, request)
+        assert (status, body) == (400, b"several Host headers\n")
+        assert server.health()["disconnected"]["bad_request"] == 1
+        assert server.sessions == set()
+    refusals = [r for r in caplog.records if "several Host headers" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].exc_info is None
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback anywhere
+
+
+async def test_several_origin_headers_on_the_chat_path_get_403_counted_as_origin(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_server(scripted_backend(SCRIPT)) as server:
+        own = f"http://127.0.0.1:{server.port}"
+        request = req("GET", "/v1/chat/stream", f"Origin: {own}\r\nOrigin: {own}\r\n{WS_UPGRADE}")
+        status, _, body = await http_exchange(server, request)
+        assert (status, body) == (403, b"several Origin headers\n")
+        assert server.health()["disconnected"]["origin"] == 1
+        # A page's own files do not read Origin: several of them change nothing there.
+        status, _, _ = await http_exchange(server, req("GET", "/", "Origin: a\r\nOrigin: b\r\n"))
+        assert status == 200
+    refusals = [r for r in caplog.records if "several Origin headers" in r.getMessage()]
+    assert len(refusals) == 1 and not [r for r in caplog.records if r.exc_info]
+
+
+async def test_if_none_match_over_several_header_lines_is_one_list() -> None:
+    """If-None-Match is a list (RFC 9110), which a client or proxy may split over several
+    lines: any entity tag in any line that names the file is a 304 (weak comparison); none, a
+    200 with the file. Neither is an error (a duplicate was an HTTP 500)."""
+    async with running_server(scripted_backend(SCRIPT)) as server:
+        _, headers, _ = await http_exchange(server, req("GET", "/"))
+        etag = headers["etag"]
+        for lines in (
+            f'If-None-Match: "other"\r\nIf-None-Match: {etag}\r\n',
+            f'If-None-Match: "a", "b"\r\nIf-None-Match: W/{etag}\r\n',
+            'If-None-Match: "a"\r\nIf-None-Match: *\r\n',
+        ):
+            status, headers, body = await http_exchange(server, req("GET", "/", lines))
+            assert (status, body, headers["etag"]) == (304, b"", etag), lines
+        lines = 'If-None-Match: "a"\r\nIf-None-Match: "b"\r\n'
+        status, _, body = await http_exchange(server, req("GET", "/", lines))
+        assert status == 200 and body == (STATIC_DIR / "index.html").read_bytes()

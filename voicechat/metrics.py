@@ -196,8 +196,9 @@ class ServerMetrics:
             self.engine_workers.labels(engine, each).set(1 if each == state else 0)
         restarts = int(worker.get("restarts", 0))
         new = restarts - self._restarts_seen.get(engine, 0)
+        counter = self.engine_restarts.labels(engine)  # present at 0 before the first one
         if new > 0:
-            self.engine_restarts.labels(engine).inc(new)
+            counter.inc(new)
         self._restarts_seen[engine] = restarts
         queues = self._queues_seen.setdefault(engine, set())
         depths = dict(_queue_depths(worker))
