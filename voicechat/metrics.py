@@ -144,7 +144,7 @@ class ServerMetrics:
         )
         self.engine_workers = Gauge(
             "voicechat_engine_workers",
-            "The engines' worker processes (llm, tts, vad, stt) by state",
+            "The engines' worker processes (llm, piper, espeak, vad, whisper) by state",
             ["engine", "state"],
             registry=registry,
             multiprocess_mode="livesum",
