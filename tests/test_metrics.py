@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from voicechat.client.connection import ChatConnection, ServerUnavailable
+from voicechat.metrics import ServerMetrics
 from voicechat.server import VoiceChatServer
 from voicechat.settings import ServerConfig
 from voicechat.tts.tone import ToneTTS
@@ -169,6 +170,30 @@ async def test_engine_worker_state_restarts_and_queue_come_from_the_worker() -> 
     assert value(again, "voicechat_engine_restarts_total", engine="vad") == 1
     assert value(samples, "voicechat_engine_workers", engine="vad", state="ready") == 1
     assert value(samples, "voicechat_engine_workers", engine="vad", state="restarting") == 0
+
+
+def test_health_figures_become_gauges_and_cumulative_ones_counters() -> None:
+    """What publish() makes of a health() dict (the data /healthz shows), on its own: a state
+    left goes back to 0, a cumulative figure (restarts, turns shed) counts only what is new."""
+    metrics = ServerMetrics()
+    health = {
+        "sessions": 3,
+        "workers": {"whisper": {"state": "restarting", "pid": None, "restarts": 2, "waiting": 4}},
+        "speech": {"stt_queued": 7, "stt_in_flight": 1, "stt_shed": 5, "listening": 3},
+    }
+    metrics.publish(health)
+    health["workers"]["whisper"].update(state="ready", waiting=0)
+    health["speech"].update(stt_queued=2, stt_shed=6)
+    samples = parse(metrics.render(health)[0].decode())
+    assert value(samples, "voicechat_engine_workers", engine="whisper", state="ready") == 1
+    assert value(samples, "voicechat_engine_workers", engine="whisper", state="restarting") == 0
+    assert value(samples, "voicechat_engine_restarts_total", engine="whisper") == 2
+    assert value(samples, "voicechat_engine_queue", engine="whisper", queue="waiting") == 0
+    assert value(samples, "voicechat_speech_queue", queue="queued") == 2
+    assert value(samples, "voicechat_speech_queue", queue="in_flight") == 1
+    assert value(samples, "voicechat_speech_shed_total") == 6
+    assert value(samples, "voicechat_speech_listening") == 3
+    assert value(samples, "voicechat_sessions") == 3
 
 
 async def test_a_spoken_turn_is_counted_as_voice_to_voice() -> None:

@@ -60,6 +60,8 @@ REFUSAL_REASONS = (
     "speech_behind",  # speech input behind (the recognizer busy): a frame or command dropped
 )
 WORKER_STATES = ("starting", "ready", "restarting", "stopped")
+# voicechat_speech_queue's queues, from these fields of health()["speech"].
+SPEECH_QUEUES = {"queued": "stt_queued", "in_flight": "stt_in_flight"}
 # Worker health fields that are not queue depths.
 NOT_QUEUES = frozenset({"state", "pid", "restarts"})
 
@@ -162,11 +164,31 @@ class ServerMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.speech_queue = Gauge(
+            "voicechat_speech_queue",
+            "Speech recognition jobs (spoken turns to transcribe) by queue: queued (the backlog, "
+            "waiting for the recognizer) and in_flight",
+            ["queue"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.speech_listening = Gauge(
+            "voicechat_speech_listening",
+            "Sessions that have sent microphone audio (a listener each)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.speech_shed = Counter(
+            "voicechat_speech_shed",
+            "Spoken turns not transcribed because the backlog was full (the client got an error)",
+            registry=registry,
+        )
         for status in ANSWER_STATUSES:  # present at 0, so rate() sees the first one
             self.answers.labels(status)
         for reason in REFUSAL_REASONS:
             self.refusals.labels(reason)
         self._restarts_seen: dict[str, int] = {}
+        self._shed_seen = 0
         self._states_seen: dict[str, set[str]] = {}
         self._queues_seen: dict[str, set[str]] = {}
 
@@ -187,6 +209,18 @@ class ServerMetrics:
         self.responses_in_flight.set(health.get("responses_in_flight", 0))
         for engine, worker in health.get("workers", {}).items():
             self._publish_worker(engine, worker)
+        if (speech := health.get("speech")) is not None:  # speech input on
+            self._publish_speech(speech)
+
+    def _publish_speech(self, speech: Mapping[str, Any]) -> None:
+        """The recognizer's backlog, from health()["speech"] (speech/scheduler.py)."""
+        for queue, field in SPEECH_QUEUES.items():
+            self.speech_queue.labels(queue).set(speech.get(field, 0))
+        self.speech_listening.set(speech.get("listening", 0))
+        shed = int(speech.get("stt_shed", 0))
+        if shed > self._shed_seen:
+            self.speech_shed.inc(shed - self._shed_seen)
+        self._shed_seen = shed
 
     def _publish_worker(self, engine: str, worker: Mapping[str, Any]) -> None:
         state = str(worker.get("state", "stopped"))

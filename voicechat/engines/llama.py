@@ -17,17 +17,19 @@ SELF_CHECK_PROMPT = (
     "jumps?"
 )
 SELF_CHECK_MIN_TOKENS = 64
+# DRY's sequence breakers (llama.cpp's defaults): a repeated run is not followed across them.
+DRY_SEQUENCE_BREAKERS = ["\n", ":", '"', "*"]
 
 
 class LlamaEngine:
     """Inside the LLM worker: owns one llama.cpp model; runs one generation at a time."""
 
     def __init__(self, model_path: str, n_ctx: int = 4096, n_threads: int | None = None) -> None:
-        from llama_cpp import Llama  # only the worker process loads llama.cpp
-
         started = time.perf_counter()
         self.model_path = Path(model_path)
-        self._llama = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        self._llama = _llama_with_dry()(
+            model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False
+        )
         self.load_seconds = time.perf_counter() - started
 
     def info(self) -> dict[str, Any]:
@@ -53,15 +55,80 @@ class LlamaEngine:
     def run(
         self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None], cancelled: Any
     ) -> None:
-        stream = self._llama.create_chat_completion(
+        sampling = request.get("sampling") or {"temperature": request.get("temperature", 0.7)}
+        llama = self._llama
+        llama.last_n_tokens_size = int(sampling.get("penalty_last_n", 64))
+        dry = float(sampling.get("dry_multiplier", 0.0))
+        llama.dry = (
+            (
+                dry,
+                float(sampling.get("dry_base", 1.75)),
+                int(sampling.get("dry_allowed_length", 2)),
+                int(sampling.get("dry_penalty_last_n", -1)),
+            )
+            if dry > 0
+            else None
+        )
+        stream = llama.create_chat_completion(
             messages=request["messages"],
             stream=True,
             max_tokens=int(request.get("max_tokens", 256)),
-            temperature=float(request.get("temperature", 0.7)),
+            temperature=float(sampling.get("temperature", 0.7)),
+            top_k=int(sampling.get("top_k", 40)),
+            top_p=float(sampling.get("top_p", 0.95)),
+            min_p=float(sampling.get("min_p", 0.05)),
+            repeat_penalty=float(sampling.get("repeat_penalty", 1.0)),
+            presence_penalty=float(sampling.get("presence_penalty", 0.0)),
+            frequency_penalty=float(sampling.get("frequency_penalty", 0.0)),
         )
         for chunk in stream:
             if cancelled():
                 break
-            text = chunk["choices"][0]["delta"].get("content")
+            choice = chunk["choices"][0]
+            text = choice["delta"].get("content")
             if text:
                 emit({"text": text})
+            if choice.get("finish_reason") == "length":  # cut by max_tokens, not finished
+                emit({"text": "", "finish_reason": "length"})
+
+
+def _llama_with_dry() -> type:
+    """llama_cpp.Llama whose sampler chain has llama.cpp's DRY sampler when `dry` is set.
+
+    llama-cpp-python 0.3.36 builds the chain in `Llama._init_sampler` without DRY (its
+    create_chat_completion has no DRY parameters), though `LlamaSampler.add_dry` exists. This
+    builds the same chain with DRY right after the penalties, where llama.cpp's own sampler
+    order puts it; anything else (mirostat, a grammar, greedy) uses the library's chain."""
+    from llama_cpp import Llama  # only the worker process loads llama.cpp
+    from llama_cpp import _internals as internals
+
+    class DryLlama(Llama):  # type: ignore[misc]
+        dry: tuple[float, float, int, int] | None = None
+
+        def _init_sampler(self, **kwargs: Any) -> Any:
+            plain = (
+                kwargs.get("mirostat_mode", 0) == 0
+                and kwargs.get("logits_processor") is None
+                and kwargs.get("grammar") is None
+                and kwargs.get("temp", 0.8) > 0
+            )
+            if self.dry is None or not plain:
+                return super()._init_sampler(**kwargs)
+            sampler = internals.LlamaSampler()
+            sampler.add_penalties(
+                n_vocab=self._n_vocab,
+                penalty_last_n=self.last_n_tokens_size,
+                penalty_repeat=kwargs.get("repeat_penalty", 1.0),
+                penalty_freq=kwargs.get("frequency_penalty", 0.0),
+                penalty_present=kwargs.get("presence_penalty", 0.0),
+            )
+            sampler.add_dry(self._model, *self.dry, DRY_SEQUENCE_BREAKERS)
+            sampler.add_top_k(kwargs.get("top_k", 40))
+            sampler.add_typical(kwargs.get("typical_p", 1.0), 1)
+            sampler.add_top_p(kwargs.get("top_p", 0.95), 1)
+            sampler.add_min_p(kwargs.get("min_p", 0.05), 1)
+            sampler.add_temp(kwargs["temp"])
+            sampler.add_dist(self._seed)
+            return sampler
+
+    return DryLlama

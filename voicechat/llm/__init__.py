@@ -24,6 +24,7 @@ from langgraph.graph import StateGraph
 
 from voicechat.llm.graph import build_chat_graph
 from voicechat.llm.scripted import ScriptedChatModel, load_script
+from voicechat.settings import Sampling
 from voicechat.workers import Worker
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class LLMSettings:
     system_prompt: str | None = None  # None: the default prompt for built-in models
     model_path: Path | None = None
     max_tokens: int = 256
+    sampling: Sampling = field(default_factory=Sampling)  # the local model's
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
 
@@ -109,7 +111,9 @@ def _local_backend(
 
     if worker is None:
         raise LLMConfigError("--llm local runs in a worker process: open it with open_backends")
-    model = WorkerChatModel(worker=worker, max_tokens=settings.max_tokens)
+    model = WorkerChatModel(
+        worker=worker, max_tokens=settings.max_tokens, sampling=settings.sampling
+    )
     graph = build_chat_graph(
         model, checkpointer=checkpointer, system_prompt=_system_prompt(settings)
     )

@@ -11,6 +11,7 @@ with `llm_failed` and the next one runs on a fresh worker.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from typing import Any
@@ -21,6 +22,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
+from voicechat.settings import Sampling
 from voicechat.workers import Worker
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -36,7 +38,7 @@ class WorkerChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
     worker: Worker
     max_tokens: int = 256
-    temperature: float = 0.7
+    sampling: Sampling = Sampling()
 
     @property
     def _llm_type(self) -> str:
@@ -44,7 +46,11 @@ class WorkerChatModel(BaseChatModel):
 
     def _request(self, messages: list[BaseMessage]) -> dict[str, Any]:
         chat = [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
-        return {"messages": chat, "max_tokens": self.max_tokens, "temperature": self.temperature}
+        return {
+            "messages": chat,
+            "max_tokens": self.max_tokens,
+            "sampling": dataclasses.asdict(self.sampling),
+        }
 
     def _generate(
         self,
@@ -78,4 +84,8 @@ class WorkerChatModel(BaseChatModel):
         # Leaving this generator early (a cancelled answer) cancels the generation in the worker.
         async with aclosing(self.worker.stream(self._request(messages))) as replies:
             async for reply in replies:
-                yield ChatGenerationChunk(message=AIMessageChunk(content=reply["text"]))
+                # The last reply of an answer cut by max_tokens says so, as OpenAI's API does.
+                reason = reply.get("finish_reason")
+                metadata = {"finish_reason": reason} if reason else {}
+                chunk = AIMessageChunk(content=reply["text"], response_metadata=metadata)
+                yield ChatGenerationChunk(message=chunk)
