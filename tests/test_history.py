@@ -11,6 +11,9 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from voicechat.client.connection import ChatConnection
+from voicechat.pipeline import Answer
+from voicechat.settings import PipelineSettings
+from voicechat.tts.tone import ToneTTS
 
 from .conftest import WAIT_S, collect_answer, read_until, running_server, scripted_backend
 
@@ -79,6 +82,51 @@ async def test_barge_ins_at_random_times_keep_the_history_well_formed(seed: int)
     # A cancelled answer keeps what it had said, possibly nothing; a completed one all of it.
     for human, ai, frame in zip(messages[::2], messages[1::2], done, strict=True):
         assert ai.content == frame["text"], (human.content, ai.content, frame)
+
+
+async def test_an_answer_cancelled_at_any_step_of_the_graph_stays_in_the_history() -> None:
+    """Cancel the first answer after each number of event-loop steps in turn, as a barge-in
+    would, then answer again: the history always alternates. (A cancel after the node returned
+    but before LangGraph committed its step once lost the first answer: the snapshot showed it
+    as a pending write, so it was not stored, and the next run's input discarded it.)"""
+    between_return_and_commit = 0
+    for steps in range(80):
+        graph = scripted_backend(["Part one. ", "Part two."]).graph
+        config = {"configurable": {"thread_id": "t"}}
+
+        def answer(text: str, graph: Any = graph) -> Answer:
+            return Answer(
+                graph=graph,
+                thread_id="t",
+                user_text=text,
+                response_id=text,
+                tts=ToneTTS(),
+                emit=_ignore,
+                settings=PipelineSettings(),
+            )
+
+        first = answer("first")
+        task = asyncio.create_task(first.run())
+        for _ in range(steps):
+            await asyncio.sleep(0)  # let the answer run this many steps, then barge in
+        task.cancel()
+        (status,) = await asyncio.gather(task, return_exceptions=True)
+        if status != "completed":
+            snapshot = await graph.aget_state(config)
+            # The node's answer is there, but only as a write of a step not yet committed.
+            between_return_and_commit += len(snapshot.values.get("messages", [])) == 2 and bool(
+                snapshot.tasks
+            )
+            await first.keep_partial_text()  # what the session does after a cancel
+        await answer("second").run()
+        messages = (await graph.aget_state(config)).values["messages"]
+        assert_well_formed(messages, ["first", "second"])
+        assert messages[1].content == first.text, (steps, messages)
+    assert between_return_and_commit  # the loop did reach that moment
+
+
+async def _ignore(frame: dict[str, Any]) -> None:
+    pass
 
 
 async def test_one_conversation_on_three_sockets_stores_every_turn() -> None:

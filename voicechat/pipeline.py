@@ -296,7 +296,11 @@ class Answer:
             state = await self.graph.aget_state(self.config)
             messages = state.values.get("messages", []) if state and state.values else []
             ids = [getattr(message, "id", None) for message in messages]
-            if self.user_message.id in ids[:-1]:
+            # `state.tasks` is empty once LangGraph committed the run. A cancel between the node's
+            # return and that commit leaves the answer only as a task's pending write: the
+            # snapshot shows it, but the next run's input (or any update) discards it, which
+            # left two user messages in a row. Then the text is stored below, like any cancel.
+            if self.user_message.id in ids[:-1] and not state.tasks:
                 return  # the node finished and stored the answer after the user's message
             # The user's message goes in again with its id: the reducer replaces it where the
             # graph had stored it, and appends it where it had not (cancelled before the graph
