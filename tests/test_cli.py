@@ -62,9 +62,9 @@ def test_serve_help_groups_its_options_into_panels() -> None:
     panels = ["Server", "Back ends", "Local models", "Fish Speech", "Speech input", "Security"]
     positions = [out.index(f"─ {panel} ") for panel in [*panels, "Limits", "Tuning"]]
     assert positions == sorted(positions)
-    # One line an option at 80 columns for most of them: 53 options in 91 lines (one panel,
+    # One line an option at 80 columns for most of them: 56 options in 94 lines (one panel,
     # Speech input, more than the 45 options in under 90 lines before it).
-    assert len(out.splitlines()) <= 91
+    assert len(out.splitlines()) <= 94
 
 
 def test_version() -> None:

@@ -102,6 +102,17 @@ def _bounded(minimum: float, maximum: float | None) -> Any:
     return parse
 
 
+def _sampling_spec(text: Any) -> str:
+    """--sampling: checked here, so a typo is a usage error before anything starts."""
+    from voicechat.settings import ConfigError, parse_sampling
+
+    try:
+        parse_sampling(str(text))
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return str(text)
+
+
 def _flag(name: str, help: str, panel: str, **kwargs: Any) -> Any:
     """An on/off flag: no metavar, no environment variable."""
     return _option(name, help, panel, env=False, **kwargs)
@@ -144,6 +155,16 @@ LlmModelPath = Annotated[
 ]
 MaxTokens = Annotated[
     int, _option("--max-tokens", "Longest answer of the local model.", LOCAL, "N", minimum=1)
+]
+Sampling = Annotated[
+    str,
+    _option(
+        "--sampling",
+        "voice, plain or key=value,…",
+        LOCAL,
+        "SPEC",
+        parser=lambda text: _sampling_spec(text),
+    ),
 ]
 SystemPrompt = Annotated[
     str | None, _option("--system-prompt", "Replace the system prompt.", LOCAL, "TEXT")
@@ -299,6 +320,7 @@ def serve(
     openai_model: OpenaiModel = DEFAULTS.openai_model,
     llm_model_path: LlmModelPath = None,
     max_tokens: MaxTokens = DEFAULTS.max_tokens,
+    sampling: Sampling = DEFAULTS.sampling,
     system_prompt: SystemPrompt = None,
     piper_model: PiperModel = None,
     speaking_rate: SpeakingRate = DEFAULTS.speaking_rate,
@@ -365,6 +387,19 @@ def serve(
             "--max-answer-audio", "Longest answer, seconds of audio.", LIMITS, "S", minimum=1.0
         ),
     ] = PIPELINE.max_answer_audio_s,
+    max_speech_seconds: Annotated[
+        float,
+        _option(
+            "--max-speech-seconds",
+            "Speech budget, 0: none.",
+            LIMITS,
+            "S",
+            minimum=0.0,
+        ),
+    ] = PIPELINE.max_speech_s,
+    no_loop_guard: Annotated[
+        bool, _flag("--no-loop-guard", "Speak loops too (to compare).", TUNING)
+    ] = not PIPELINE.loop_guard,
     tts_concurrency: Annotated[
         int,
         _option(
@@ -455,6 +490,8 @@ def serve(
             tts_concurrency=tts_concurrency,
             max_answer_tokens=max_answer_tokens,
             max_answer_audio_s=max_answer_audio,
+            max_speech_s=max_speech_seconds,
+            loop_guard=not no_loop_guard,
         ),
         input_audio=InputAudioSettings(silence_ms=silence_ms, barge_in_ms=barge_in_ms),
     )
@@ -548,6 +585,7 @@ def ask_command(
     openai_model: OpenaiModel = DEFAULTS.openai_model,
     llm_model_path: LlmModelPath = None,
     max_tokens: MaxTokens = DEFAULTS.max_tokens,
+    sampling: Sampling = DEFAULTS.sampling,
     system_prompt: SystemPrompt = None,
     piper_model: PiperModel = None,
     speaking_rate: SpeakingRate = DEFAULTS.speaking_rate,
@@ -643,6 +681,7 @@ def talk(
     openai_model: OpenaiModel = DEFAULTS.openai_model,
     llm_model_path: LlmModelPath = None,
     max_tokens: MaxTokens = DEFAULTS.max_tokens,
+    sampling: Sampling = DEFAULTS.sampling,
     system_prompt: SystemPrompt = None,
     piper_model: PiperModel = None,
     speaking_rate: SpeakingRate = DEFAULTS.speaking_rate,

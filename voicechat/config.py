@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from voicechat.llm import ChatBackend, LLMConfigError, LLMSettings, build_backend, local_model_path
 from voicechat.llm.memory import MemoryConfigError, open_checkpointer
-from voicechat.settings import BackendOptions, ConfigError
+from voicechat.settings import BackendOptions, ConfigError, parse_sampling
 from voicechat.speech import SpeechInput
 from voicechat.tts.base import TTSEngine
 from voicechat.tts.fish import FishSpeechTTS
@@ -140,6 +140,7 @@ def llm_settings(options: BackendOptions) -> LLMSettings:
         system_prompt=options.system_prompt,
         model_path=options.llm_model_path,
         max_tokens=options.max_tokens,
+        sampling=parse_sampling(options.sampling),
         openai_base_url=options.openai_base_url,
         openai_model=options.openai_model,
     )

@@ -23,7 +23,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 
 from voicechat import protocol
 from voicechat.audio.wav import encode_wav
-from voicechat.segmenter import Segmenter
+from voicechat.loop_guard import SpeechGate
 from voicechat.settings import PipelineSettings
 from voicechat.speech_text import SpeechTextFilter
 from voicechat.tts.base import Pcm, TTSEngine, TTSError
@@ -98,6 +98,9 @@ class Answer:
         self.settings = settings
         self.started_at = time.perf_counter() if started_at is None else started_at
         self.text = ""  # the LLM's text exactly as generated
+        # What was spoken, when the answer ended early (a loop, the speech budget, a token limit)
+        # and the rest was not: what the conversation keeps and response.done says. Else None.
+        self.kept_text: str | None = None
         self.first_text_at: float | None = None
         self.first_audio_at: float | None = None
         self.segments = 0
@@ -142,7 +145,9 @@ class Answer:
         self, group: asyncio.TaskGroup, units: asyncio.Queue[_Unit | None]
     ) -> None:
         speech_filter = SpeechTextFilter()
-        segmenter = Segmenter()
+        # The segmenter, and what of its units is spoken: loops end the answer, an unfinished
+        # sentence is never spoken at a limit, the speech budget (voicechat/loop_guard.py).
+        gate = SpeechGate(guard=self.settings.loop_guard, max_speech_s=self.settings.max_speech_s)
         index = 0
 
         def start_units(found: list[str]) -> None:
@@ -169,6 +174,8 @@ class Answer:
                     break  # the audio limit was reached: stop the LLM too
                 if not is_spoken(message, metadata):
                     continue
+                if _hit_length_limit(message):  # the model's own --max-tokens ended it
+                    self.truncated = "max_tokens"
                 # A lone surrogate (e.g. from a JSON escape) cannot be encoded: U+FFFD instead.
                 delta = protocol.without_lone_surrogates(message_text(message))
                 if not delta:
@@ -188,13 +195,23 @@ class Answer:
                     if start:  # a huge delta (a user graph's whole answer): let others run
                         await asyncio.sleep(0)
                     piece = speech[start : start + PURE_STAGE_SLICE]
-                    start_units(segmenter.feed(speech_filter.feed(piece)))
+                    start_units(gate.feed(piece, speech_filter.feed(piece)))
+                    if gate.stopped:
+                        break
+                if gate.stopped:  # a loop, or the speech budget is spent: stop the LLM
+                    self.truncated = gate.stopped
+                    log.info("response %s ended early: %s", self.response_id, gate.stopped)
+                    break
                 deltas += 1
                 if deltas >= self.settings.max_answer_tokens:
                     self.truncated = self.truncated or "max_tokens"
                     log.info("response %s stopped at %d tokens", self.response_id, deltas)
                     break
-        start_units(segmenter.feed(speech_filter.flush()) + segmenter.flush())
+        rest = speech_filter.flush()
+        if self.truncated == "max_audio":
+            return  # nothing more is spoken; the text stands as generated
+        start_units(gate.cut(rest) if self.truncated else gate.finish(rest))
+        self.kept_text = gate.kept_text
 
     async def _synthesize(self, unit: _Unit) -> None:
         trace = self.settings.trace
@@ -282,10 +299,25 @@ class Answer:
             "audio_ms": round(self.audio_ms, 1),
         }
 
-    def done_frame(self, status: str) -> dict[str, Any]:
-        frame = protocol.response_done(self.response_id, status, self.text, self.metrics())
+    @property
+    def answer_text(self) -> str:
+        """The answer as the conversation keeps it: the text as generated, or what was spoken
+        of it when it ended early."""
+        return self.text if self.kept_text is None else self.kept_text
+
+    def done_fields(self, status: str) -> dict[str, Any]:
+        """response.done's optional fields: `truncated` (which limit or guard ended it early)
+        and `silent` (it completed with nothing to say aloud: only emoji, symbols or code)."""
+        fields: dict[str, Any] = {}
         if self.truncated:
-            frame["truncated"] = self.truncated
+            fields["truncated"] = self.truncated
+        if status == COMPLETED and self.segments == 0:
+            fields["silent"] = True
+        return fields
+
+    def done_frame(self, status: str) -> dict[str, Any]:
+        frame = protocol.response_done(self.response_id, status, self.answer_text, self.metrics())
+        frame.update(self.done_fields(status))
         return frame
 
     async def keep_partial_text(self) -> None:
@@ -301,11 +333,17 @@ class Answer:
             # snapshot shows it, but the next run's input (or any update) discards it, which
             # left two user messages in a row. Then the text is stored below, like any cancel.
             if self.user_message.id in ids[:-1] and not state.tasks:
-                return  # the node finished and stored the answer after the user's message
+                # The node finished and stored the answer after the user's message; when the
+                # model's token limit cut it, only what was spoken stays (same id: replaced).
+                stored = messages[ids.index(self.user_message.id) + 1]
+                if self.kept_text is not None and stored.id and stored.content != self.kept_text:
+                    update = [AIMessage(self.kept_text, id=stored.id)]
+                    await self.graph.aupdate_state(self.config, {"messages": update})
+                return
             # The user's message goes in again with its id: the reducer replaces it where the
             # graph had stored it, and appends it where it had not (cancelled before the graph
             # ran, or while its input was only a pending write, which this update supersedes).
-            update = [self.user_message, AIMessage(self.text)]
+            update = [self.user_message, AIMessage(self.answer_text)]
             await self.graph.aupdate_state(self.config, {"messages": update})
         except Exception:
             log.exception("could not store the partial answer of %s", self.response_id)
@@ -313,7 +351,7 @@ class Answer:
     def heard_text(self, audio_end_ms: int) -> str:
         """The units whose audio had begun by `audio_end_ms`: what the user heard of it."""
         if audio_end_ms >= self.audio_ms:
-            return self.text
+            return self.answer_text
         return " ".join(text for start, text in self.unit_starts if start < audio_end_ms)
 
     async def keep_heard_text(self, audio_end_ms: int) -> str:
@@ -329,6 +367,13 @@ class Answer:
             update = [AIMessage(text, id=stored.id)]  # same id: the reducer replaces it
             await self.graph.aupdate_state(self.config, {"messages": update})
         return text
+
+
+def _hit_length_limit(message: BaseMessage) -> bool:
+    """Did the model stop because it reached its token limit (finish_reason "length", as
+    OpenAI-compatible servers and the local model's worker report it)?"""
+    metadata = getattr(message, "response_metadata", None) or {}
+    return metadata.get("finish_reason") == "length"
 
 
 def split_pcm(pcm: Pcm, max_ms: int) -> list[Pcm]:

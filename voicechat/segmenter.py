@@ -118,6 +118,15 @@ def _has_speech(text: str) -> bool:
     return _ALNUM.search(text) is not None
 
 
+def ends_sentence(unit: str) -> bool:
+    """Does this unit end with a sentence mark (closing quotes and brackets after it allowed)?
+    A unit cut at a clause mark, a line break or the length limit does not."""
+    end = len(unit.rstrip())
+    while end and unit[end - 1] in _CLOSERS:
+        end -= 1
+    return end > 0 and unit[end - 1] in _SENTENCE
+
+
 # A decision: the mark's run goes on past the unit's length limit (see Segmenter._settle).
 _OVER_LIMIT = (False, -1)
 

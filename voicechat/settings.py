@@ -8,7 +8,7 @@ modules that use these settings (config, pipeline, server) import them from here
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ class BackendOptions:
     llm: str = "local"
     llm_model_path: Path | None = None
     max_tokens: int = 256
+    sampling: str = "voice"  # parse_sampling's spec: preset and key=value overrides
     system_prompt: str | None = None
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
@@ -58,6 +59,65 @@ class BackendOptions:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How the local model picks its tokens (llama.cpp's samplers); `--sampling` sets them.
+
+    The defaults suit a small model whose answers are read aloud: a repetition penalty over the
+    last `penalty_last_n` tokens, a presence penalty, and llama.cpp's DRY sampler (which
+    penalises a token that would extend a sequence already in the text). docs/performance.md
+    ("Answers that stay sane") has the measurements behind them.
+    """
+
+    temperature: float = 0.7
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    penalty_last_n: int = 128
+    presence_penalty: float = 0.3
+    frequency_penalty: float = 0.0
+    dry_multiplier: float = 0.8  # 0: DRY off
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1  # -1: the whole context
+
+
+# `--sampling plain`: what the local model did before these defaults (temperature 0.7 and
+# llama-cpp-python's own defaults: no penalties, no DRY), for comparisons.
+SAMPLING_PRESETS = {
+    "voice": Sampling(),
+    "plain": Sampling(
+        repeat_penalty=1.0, penalty_last_n=64, presence_penalty=0.0, dry_multiplier=0.0
+    ),
+}
+
+
+def parse_sampling(spec: str) -> Sampling:
+    """`voice` (the default) or `plain`, optionally followed by key=value overrides, comma
+    separated: `plain,repeat_penalty=1.2`, `dry_multiplier=0`. Raises ConfigError."""
+    preset, *pairs = [part.strip() for part in spec.split(",")] if spec.strip() else ["voice"]
+    if "=" in preset:
+        preset, pairs = "voice", [preset, *pairs]
+    if preset not in SAMPLING_PRESETS:
+        raise ConfigError(
+            f"unknown sampling preset {preset!r}: use {' or '.join(SAMPLING_PRESETS)}, "
+            "then key=value pairs"
+        )
+    values: dict[str, Any] = {}
+    kinds = {item.name: item.type for item in fields(Sampling)}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        key = key.strip()
+        if key not in kinds:
+            raise ConfigError(f"unknown sampling setting {key!r}; known: {', '.join(kinds)}")
+        try:
+            values[key] = int(text) if kinds[key] == "int" else float(text)
+        except ValueError:
+            raise ConfigError(f"sampling setting {key} needs a number, not {text!r}") from None
+    return replace(SAMPLING_PRESETS[preset], **values)
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     """How one answer runs through the pipeline."""
 
@@ -67,6 +127,11 @@ class PipelineSettings:
     # Past either, generation stops and response.done says `"truncated": "max_tokens"|"max_audio"`.
     max_answer_tokens: int = 4000
     max_answer_audio_s: float = 600.0
+    # What is spoken (voicechat/loop_guard.py): the loop guard ends an answer that repeats itself
+    # at its last whole sentence and never speaks an unfinished sentence at a limit; an answer
+    # ends after the sentence that reaches `max_speech_s` of estimated speech (0: no budget).
+    loop_guard: bool = True
+    max_speech_s: float = 40.0
     # Benchmarks: called with (event, perf_counter time, details) at each step of an answer:
     # "start" (the message arrived), "delta", "unit" (cut), "tts_start", "tts_end", "audio"
     # (a chunk queued for the client).

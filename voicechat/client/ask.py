@@ -4,7 +4,8 @@ The prompt is text, or speech: a WAV file streamed as `input_audio.append` frame
 (docs/protocol.md, "Speech input"); the server transcribes it and answers the transcript.
 
 Exit codes (docs/cli.md): 0 the answer completed; 1 it failed or was cancelled (or no speech
-was heard); 2 usage error; 3 the server cannot be reached or went away.
+was heard, or it had nothing to say aloud); 2 usage error; 3 the server cannot be reached or
+went away.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ FAST_FRAME_MS = 100
 REALTIME_FRAME_MS = 20  # --realtime: what a microphone sends
 # A recording is one turn: pauses in it shorter than this do not end it (the protocol's maximum).
 FILE_SILENCE_MS = 3000
+# response.done's `truncated`, said on stderr: the text printed while it streamed may go on
+# past what was spoken (docs/protocol.md, "response.done").
+TRUNCATED_NOTES = {
+    "repetition": "the answer began repeating itself; it was cut after its last whole sentence",
+    "max_speech": "the answer reached the spoken length limit; it ends after that sentence",
+    "max_tokens": "the answer reached the token limit and was cut short",
+    "max_audio": "the answer reached the audio limit and was cut short",
+}
+SILENT_NOTE = "the answer had nothing to say aloud (only emoji, symbols or code)"
 
 
 class SpeechFileError(Exception):
@@ -165,7 +175,7 @@ async def ask(
         print(file=stdout)
     if out is not None and audio.sample_rate is None:
         print("voicechat: the answer had no audio; no WAV written", file=stderr)
-    return EXIT_OK if status == "completed" else EXIT_ANSWER_FAILED
+    return EXIT_OK if status == "completed" and not answer.silent else EXIT_ANSWER_FAILED
 
 
 @dataclass
@@ -179,6 +189,7 @@ class _Answer:
     stderr: TextIO
     _line_open: bool = False  # answer text printed since the last newline
     _answers: int = 0  # response.created seen
+    silent: bool = False  # the last answer completed with nothing to say aloud
 
     def show(self, event: dict[str, Any]) -> None:
         """Print (or collect, or play) one server event; errors are left to the caller."""
@@ -195,6 +206,12 @@ class _Answer:
                 self.player.enqueue_wav(base64.b64decode(event["audio"]), event["segment"])
         elif kind == "response.created":
             self._answers += 1
+        elif kind == "response.done":
+            self.silent = bool(event.get("silent"))
+            if note := TRUNCATED_NOTES.get(str(event.get("truncated"))):
+                self.error(note)
+            if self.silent:
+                self.error(SILENT_NOTE)
         elif kind == "input_audio.speech_started" and self._answers and self.player is not None:
             self.player.flush()  # a later turn of the recording barges in: stop the last answer
         elif kind == "input_audio.transcript" and not self.json_lines and event["text"].strip():

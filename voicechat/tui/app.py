@@ -64,6 +64,16 @@ class NoticeLine(Static):
         super().__init__(Text(text, style=style), classes="notice quiet" if quiet else "notice")
 
 
+# response.done's `truncated` and `silent` (docs/protocol.md), as the transcript says them.
+TRUNCATED_LABELS = {
+    "repetition": "cut: it began repeating itself",
+    "max_speech": "cut at the spoken length limit",
+    "max_tokens": "cut at the token limit",
+    "max_audio": "cut at the audio limit",
+}
+SILENT_NOTICE = "The answer had nothing to say aloud (only emoji, symbols or code)."
+
+
 class AnswerView(Static):
     """An answer: its text as it streams in, the unit being heard highlighted."""
 
@@ -76,6 +86,7 @@ class AnswerView(Static):
         self.status = ""  # the response.done status, once it came
         self.silenced = False  # stopped here (Esc, barge-in): late audio of it is dropped
         self.kept: str | None = None  # after response.truncated: the part the user heard
+        self.truncated: str | None = None  # response.done's: what ended it early
 
     def add_text(self, delta: str) -> None:
         self.text += delta
@@ -91,9 +102,10 @@ class AnswerView(Static):
         if self.kept is not None and self.text.startswith(self.kept):
             body.stylize("dim", len(self.kept), len(self.text))  # never heard: not remembered
         label = Text("voicechat  ", style="bold magenta")
-        tail = (
-            Text(f"  [{self.status}]", style="dim") if self.status not in ("", "completed") else ""
-        )
+        notes = [self.status] if self.status not in ("", "completed") else []
+        if self.truncated:
+            notes.append(TRUNCATED_LABELS.get(self.truncated, f"cut short: {self.truncated}"))
+        tail = Text(f"  [{'; '.join(notes)}]", style="dim") if notes else ""
         self.update(Text.assemble(label, body, tail))
 
 
@@ -381,8 +393,11 @@ class VoiceChatApp(App[None]):
         view = self.answers.get(event.get("response_id", ""))
         if view is not None:
             view.status = event.get("status", "")
-            view.text = event.get("text", view.text)
+            view.text = event.get("text", view.text)  # what was spoken, if it ended early
+            view.truncated = event.get("truncated")
             view.refresh_text()
+        if event.get("silent"):
+            self._notice(SILENT_NOTICE)
         metrics = event.get("metrics") or {}
         self.last_metrics = (
             f"text {_ms(metrics.get('first_text_ms'))} · audio {_ms(metrics.get('first_audio_ms'))}"

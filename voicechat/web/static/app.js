@@ -30,6 +30,14 @@ const ERROR_TEXT = {
 };
 const REFUSED_MESSAGE = new Set(["too_large", "rate_limited", "bad_message"]); // no answer comes
 const FAILED_ANSWER = new Set(["llm_failed", "internal"]); // response.done "failed" follows
+// response.done's `truncated`: what ended the answer early (its `text` is then what was spoken).
+const TRUNCATED = {
+  repetition: "cut: it began repeating itself",
+  max_speech: "cut at the spoken length limit",
+  max_tokens: "cut at the token limit",
+  max_audio: "cut at the audio limit",
+};
+const SILENT_NOTICE = "The answer had nothing to say aloud (only emoji, symbols or code).";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -359,6 +367,7 @@ function onResponseDone(message) {
     chat.audioAnswer = null;
   }
   if (message.status === "failed" && !answer.failureShown) notice("The answer failed.");
+  if (message.silent) notice(SILENT_NOTICE);
   if (answer.heardMs !== null) sendTruncate(answer);
   renderAnswer(answer);
   renderStatus();
@@ -693,7 +702,7 @@ function answerMeta(answer) {
   if (answer.status && answer.status !== "completed") {
     parts.push({ cancelled: "stopped", failed: "failed" }[answer.status] ?? answer.status);
   }
-  if (answer.truncated) parts.push(`cut short (${answer.truncated.replace("max_", "too many ")})`);
+  if (answer.truncated) parts.push(TRUNCATED[answer.truncated] ?? `cut short (${answer.truncated})`);
   if (answer.heardMs !== null) parts.push(`you spoke after ${duration(answer.heardMs)} of it`);
   if (answer.metrics) parts.push(metricsText(answer.metrics));
   return parts.join(" · ");
