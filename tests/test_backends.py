@@ -23,14 +23,17 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from langgraph.checkpoint.memory import InMemorySaver
 
 from voicechat.audio.wav import decode_wav
 from voicechat.client.connection import ChatConnection
 from voicechat.config import ConfigError, open_backends
+from voicechat.llm import LLMSettings, build_backend
 from voicechat.llm.memory import open_checkpointer
 from voicechat.server import VoiceChatServer
 from voicechat.settings import BackendOptions, ServerConfig
-from voicechat.workers.embedded import default_model_path
+from voicechat.tts.tone import ToneTTS
+from voicechat.workers.embedded import default_model_path, llm_worker
 
 from .conftest import WAIT_S, collect_answer
 from .process_guard import owned_tempdir, spawn, stop
@@ -78,6 +81,43 @@ async def test_embedded_llm_and_piper_answer_with_real_speech() -> None:
     assert rates == {22050}
     assert samples.size > 22050 // 2  # at least half a second of speech
     assert _rms(samples) > 300  # not silence
+
+
+async def test_a_conversation_longer_than_the_local_models_context_goes_on() -> None:
+    """The real model and tokenizer in a 512-token window (4,096 in `serve`: the same code, but
+    a full window takes minutes to evaluate on a slow CI core). Messages of ~100 tokens outgrow
+    it by the fourth; each is answered: the oldest turns are left out of what the model is sent.
+    Without that, llama.cpp refuses with "Requested tokens (...) exceed context window"."""
+    text = ("The quick brown fox jumps over the lazy dog near the river bank. " * 7)[:400]
+    async with AsyncExitStack() as stack:
+        worker = llm_worker(default_model_path(), context_tokens=512)
+        stack.push_async_callback(worker.aclose)
+        await worker.start()
+        backend = build_backend(LLMSettings(spec="local", max_tokens=16), InMemorySaver(), worker)
+        server = VoiceChatServer(backend, ToneTTS(), ServerConfig(port=0), {"llm": worker})
+        await server.start()
+        stack.push_async_callback(server.shutdown)
+        async with ChatConnection(server.url) as conn:
+            for message in [f"{i}. {text}" for i in range(5)] + ["Hi"]:
+                await conn.send_user_message(message)
+                async with asyncio.timeout(LONG_PROMPT_WAIT_S):
+                    events = [event async for event in _until_done(conn)]
+                assert [e for e in events if e["type"] == "error"] == [], events
+                assert events[-1]["status"] == "completed"
+            state = await backend.graph.aget_state(
+                {"configurable": {"thread_id": conn.session["session_id"]}}
+            )
+    assert len(state.values["messages"]) == 12  # the stored history keeps every turn
+
+
+LONG_PROMPT_WAIT_S = 120.0  # ~450 tokens of prompt on a busy core
+
+
+async def _until_done(conn: ChatConnection) -> AsyncIterator[dict[str, Any]]:
+    async for event in conn.events():
+        yield event
+        if event["type"] == "response.done":
+            return
 
 
 async def test_korean_units_are_spoken_by_espeak_and_unknown_scripts_are_skipped() -> None:

@@ -8,9 +8,15 @@ import random
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from pydantic import Field
 
 from voicechat.client.connection import ChatConnection
+from voicechat.llm import ChatBackend
+from voicechat.llm.context import MESSAGE_OVERHEAD_TOKENS, ContextWindow, estimate_counts
+from voicechat.llm.graph import build_chat_graph
+from voicechat.llm.scripted import ScriptedChatModel, parse_script
 from voicechat.pipeline import Answer
 from voicechat.settings import PipelineSettings
 from voicechat.tts.tone import ToneTTS
@@ -161,3 +167,63 @@ async def test_one_conversation_on_three_sockets_stores_every_turn() -> None:
     assert sorted(humans) == sorted(["hello", *(t for turns in sent for t in turns)])
     assert [type(m) for m in messages] == [HumanMessage, AIMessage] * 16
     assert all(m.content == "Part one. Part two." for m in messages[1::2])
+
+
+class RecordingChatModel(ScriptedChatModel):
+    """Test double: the scripted model, which also keeps the messages each call was sent."""
+
+    sent: list[list[Any]] = Field(default_factory=list)
+
+    async def _astream(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any):  # type: ignore[override]
+        self.sent.append(list(messages))
+        async for chunk in super()._astream(messages, stop, run_manager, **kw):
+            yield chunk
+
+
+def recording_backend(window: ContextWindow) -> tuple[ChatBackend, RecordingChatModel]:
+    model = RecordingChatModel(items=parse_script(["Noted."]), sent=[])
+    graph = build_chat_graph(
+        model, checkpointer=InMemorySaver(), system_prompt="Be brief.", context=window
+    )
+    return ChatBackend(graph=graph, name="recording"), model
+
+
+# 700 tokens, 100 of them for the answer; estimate_tokens counts 3 ASCII characters a token:
+# two of the 600-character messages below fit, three do not.
+SMALL_WINDOW = ContextWindow(tokens=700, answer_tokens=100, count=estimate_counts)
+
+
+async def test_a_conversation_longer_than_the_context_sends_the_newest_turns_that_fit() -> None:
+    backend, model = recording_backend(SMALL_WINDOW)
+    long_texts = [f"{i} " + "word " * 119 for i in range(4)]  # 600 characters: ~200 tokens each
+    async with running_server(backend) as server:
+        async with ChatConnection(server.url) as conn:
+            for text in [*long_texts, "Hi"]:
+                events = await collect_answer(conn, text)
+                assert events[-1]["status"] == "completed", events
+            stored = await history(server, conn.session["session_id"])
+    assert_well_formed(stored, [*long_texts, "Hi"])  # the stored history keeps every turn
+    sent = model.sent[-1]
+    assert isinstance(sent[0], SystemMessage) and sent[0].content == "Be brief."
+    assert isinstance(sent[1], HumanMessage) and sent[-1].content == "Hi"
+    # The newest turns, up to the message being answered (the last stored turn is its answer).
+    assert [m.content for m in sent[1:]] == [m.content for m in stored[-len(sent) : -1]]
+    tokens = await estimate_counts([str(m.content) for m in sent])
+    assert sum(tokens) + MESSAGE_OVERHEAD_TOKENS * len(sent) <= SMALL_WINDOW.prompt_budget
+    assert sent[1].content == long_texts[2]  # ... and the newest that fit were kept
+
+
+async def test_a_message_longer_than_the_context_fails_clearly_and_the_next_one_is_answered() -> (
+    None
+):
+    backend, _ = recording_backend(SMALL_WINDOW)
+    async with running_server(backend) as server:
+        async with ChatConnection(server.url) as conn:
+            events = await collect_answer(conn, "word " * 600)  # ~1,000 tokens
+            errors = [e for e in events if e["type"] == "error"]
+            assert [e["code"] for e in errors] == ["llm_failed"], events
+            assert "too long for the model's context window" in errors[0]["message"]
+            assert events[-1]["status"] == "failed"
+            events = await collect_answer(conn, "Hi")
+            assert events[-1]["status"] == "completed", events
+            assert events[-1]["text"] == "Noted."

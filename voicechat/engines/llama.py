@@ -41,6 +41,11 @@ class LlamaEngine:
             "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
         }
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a message's text as the chat template embeds it (special tokens in the
+        text count as plain text, which is never fewer)."""
+        return len(self._llama.tokenize(text.encode(), add_bos=False, special=False))
+
     def self_check(self) -> None:
         """Evaluate a prompt of 64+ tokens and generate one token (a wrong build dies here),
         through the chat path real requests take (its template is compiled once, here)."""
@@ -55,6 +60,9 @@ class LlamaEngine:
     def run(
         self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None], cancelled: Any
     ) -> None:
+        if "count" in request:  # the server fits a conversation into n_ctx (llm/context.py)
+            emit({"tokens": [self.count_tokens(text) for text in request["count"]]})
+            return
         sampling = request.get("sampling") or {"temperature": request.get("temperature", 0.7)}
         llama = self._llama
         llama.last_n_tokens_size = int(sampling.get("penalty_last_n", 64))

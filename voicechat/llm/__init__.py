@@ -22,6 +22,7 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 
+from voicechat.llm.context import ContextWindow, CountTokens, estimate_counts
 from voicechat.llm.graph import build_chat_graph
 from voicechat.llm.scripted import ScriptedChatModel, load_script
 from voicechat.settings import Sampling
@@ -54,6 +55,9 @@ class LLMSettings:
     sampling: Sampling = field(default_factory=Sampling)  # the local model's
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
+    # The model's context window in tokens: --llm local's n_ctx (None: LOCAL_CONTEXT_TOKENS);
+    # for --llm openai, what the conversation is cut to (None: nothing is cut). See context.py.
+    context_tokens: int | None = None
 
 
 def build_backend(
@@ -107,15 +111,21 @@ def local_model_path(settings: LLMSettings) -> Path:
 def _local_backend(
     settings: LLMSettings, checkpointer: BaseCheckpointSaver[Any], worker: Worker | None
 ) -> ChatBackend:
-    from voicechat.llm.local import WorkerChatModel
+    from voicechat.llm.local import WorkerChatModel, WorkerTokenCounter
+    from voicechat.workers.embedded import LOCAL_CONTEXT_TOKENS
 
     if worker is None:
         raise LLMConfigError("--llm local runs in a worker process: open it with open_backends")
     model = WorkerChatModel(
         worker=worker, max_tokens=settings.max_tokens, sampling=settings.sampling
     )
+    window = _context_window(
+        int(worker.settings.get("n_ctx", LOCAL_CONTEXT_TOKENS)),
+        settings.max_tokens,
+        WorkerTokenCounter(worker),
+    )
     graph = build_chat_graph(
-        model, checkpointer=checkpointer, system_prompt=_system_prompt(settings)
+        model, checkpointer=checkpointer, system_prompt=_system_prompt(settings), context=window
     )
     return ChatBackend(graph=graph, name=f"local:{Path(worker.settings['model_path']).stem}")
 
@@ -133,10 +143,26 @@ def _openai_backend(settings: LLMSettings, checkpointer: BaseCheckpointSaver[Any
         streaming=True,
         max_retries=1,
     )
+    window = None
+    if settings.context_tokens is not None:
+        window = _context_window(settings.context_tokens, settings.max_tokens, estimate_counts)
     graph = build_chat_graph(
-        model, checkpointer=checkpointer, system_prompt=_system_prompt(settings)
+        model, checkpointer=checkpointer, system_prompt=_system_prompt(settings), context=window
     )
     return ChatBackend(graph=graph, name=f"openai:{settings.openai_model}")
+
+
+MIN_PROMPT_TOKENS = 256  # a context window must leave at least this much for the conversation
+
+
+def _context_window(tokens: int, answer_tokens: int, count: CountTokens) -> ContextWindow:
+    window = ContextWindow(tokens=tokens, answer_tokens=answer_tokens, count=count)
+    if window.prompt_budget < MIN_PROMPT_TOKENS:
+        raise LLMConfigError(
+            f"a context window of {tokens} tokens leaves too little room for the conversation "
+            f"after --max-tokens {answer_tokens}: lower --max-tokens"
+        )
+    return window
 
 
 def _user_graph(target: str, checkpointer: BaseCheckpointSaver[Any]) -> ChatBackend:

@@ -10,6 +10,8 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
+from voicechat.llm.context import ContextWindow, fit_to_context
+
 CHAT_NODE = "chat"
 
 
@@ -18,13 +20,19 @@ def build_chat_graph(
     *,
     checkpointer: BaseCheckpointSaver[Any] | None,
     system_prompt: str | None = None,
+    context: ContextWindow | None = None,
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
-    """Compile `model` into a one-node graph; its tokens stream through `stream_mode="messages"`."""
+    """Compile `model` into a one-node graph; its tokens stream through `stream_mode="messages"`.
+
+    With `context`, what is sent to the model is cut to fit its window (llm/context.py); the
+    stored history keeps every turn."""
 
     async def chat(state: MessagesState) -> dict[str, Any]:
         messages = list(state["messages"])
         if system_prompt:
             messages.insert(0, SystemMessage(system_prompt))
+        if context is not None:
+            messages = await fit_to_context(messages, context)
         return {"messages": [await model.ainvoke(messages)]}
 
     builder = StateGraph(MessagesState)

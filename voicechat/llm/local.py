@@ -12,7 +12,9 @@ with `llm_failed` and the next one runs on a fresh worker.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+import hashlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -89,3 +91,37 @@ class WorkerChatModel(BaseChatModel):
                 metadata = {"finish_reason": reason} if reason else {}
                 chunk = AIMessageChunk(content=reply["text"], response_metadata=metadata)
                 yield ChatGenerationChunk(message=chunk)
+
+
+COUNT_CACHE_SIZE = 4096  # texts whose token counts are remembered
+
+
+class WorkerTokenCounter:
+    """Counts tokens with the local model's own tokenizer, in its worker (llm/context.py's
+    CountTokens). The counts of recent texts are remembered by a digest, so a conversation's
+    older turns are counted once, not again at every answer."""
+
+    def __init__(self, worker: Worker, cache_size: int = COUNT_CACHE_SIZE) -> None:
+        self.worker = worker
+        self._cache: OrderedDict[bytes, int] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def __call__(self, texts: Sequence[str]) -> list[int]:
+        keys = [hashlib.blake2b(text.encode(), digest_size=16).digest() for text in texts]
+        pairs = zip(keys, texts, strict=True)
+        missing = {key: text for key, text in pairs if key not in self._cache}
+        if missing:
+            counts: list[int] = []
+            async with aclosing(self.worker.stream({"count": list(missing.values())})) as replies:
+                async for reply in replies:
+                    counts = [int(n) for n in reply["tokens"]]
+            if len(counts) != len(missing):
+                raise RuntimeError(f"{self.worker.label} counted {len(counts)} of {len(missing)}")
+            self._cache.update(zip(missing, counts, strict=True))
+        result = []
+        for key in keys:
+            self._cache.move_to_end(key)
+            result.append(self._cache[key])
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return result

