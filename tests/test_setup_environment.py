@@ -275,7 +275,10 @@ def test_the_test_script_runs_pytest_with_the_python_setup_chose(tmp_path: Path)
     # The Python setup chose: one that is not on PATH, which sees this environment's packages
     # (pytest) through a .pth file.
     chosen = python_installation(tmp_path / "chosen", externally_managed=False)
-    site = next((chosen.parents[1] / "lib").glob("python3.*/site-packages"))
+    # Its first site folder, as it says (Debian's Python has its own: local/lib/.../dist-packages)
+    where = "import site; print(site.getsitepackages()[0])"
+    site = Path(subprocess.check_output([chosen, "-c", where], text=True).strip())
+    site.mkdir(parents=True, exist_ok=True)
     paths = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
     (site / "this-environment.pth").write_text("\n".join(sorted(paths)) + "\n")
     (tmp_path / "test_which.py").write_text(
