@@ -107,10 +107,12 @@ async def running_server(
 ) -> AsyncIterator[VoiceChatServer]:
     pipeline = PipelineSettings(**config.pop("pipeline", {}))
     speech = config.pop("speech", None)  # a SpeechInput (tests/speech_server.py), or None
+    workers = config.pop("workers", None)  # worker processes for /healthz, by name
     server = VoiceChatServer(
         backend,
         tts or ToneTTS(),
         ServerConfig(**{"port": 0, **config}, pipeline=pipeline),
+        workers=workers,
         speech=speech,
     )
     await server.start()

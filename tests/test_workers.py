@@ -264,6 +264,50 @@ async def test_a_stuck_worker_is_killed_and_its_request_fails() -> None:
     assert not alive(pid)
 
 
+async def test_a_stuck_worker_is_killed_while_requests_keep_coming() -> None:
+    """The watchdog counts from the worker's last answer, not from the last request written:
+    a stopped worker takes requests into its pipe all the same, so traffic must not keep it
+    looking alive. Every request outstanding fails with the death."""
+    worker = Worker("espeak", {}, label="espeak-ng", stall_timeout_s=1.0)
+    await worker.start()
+    failures: list[BaseException] = []
+
+    async def one_request() -> None:
+        try:
+            async for _ in worker.stream({"text": "안녕하세요.", "voice": "ko"}):
+                pass
+        except WorkerDied as exc:
+            failures.append(exc)
+
+    requests: set[asyncio.Task[None]] = set()
+    try:
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        async with asyncio.timeout(WAIT_S):
+            while worker.state == "ready":
+                task = asyncio.create_task(one_request())
+                requests.add(task)
+                # Traffic paced well inside the stall timeout (what kept the old clock young);
+                # the wait for the kill is the loop condition, bounded by the timeout.
+                await asyncio.sleep(0.1)
+            await asyncio.gather(*requests)
+        assert len(requests) > 1
+        # All the requests written to it failed with its death (those sent after it went
+        # down wait for the restart and are served by the new worker).
+        assert failures and all("answered nothing" in str(f) for f in failures), failures
+        assert "SIGKILL" in str(failures[0])
+        await worker.wait_ready(WAIT_S)
+        assert worker.pid != pid and worker.restarts == 1
+        assert worker.health()["in_flight"] == 0
+    finally:
+        for task in requests:
+            task.cancel()
+        await asyncio.gather(*requests, return_exceptions=True)
+        await worker.aclose()
+    assert not alive(pid)
+
+
 async def test_a_worker_ignores_sigterm_meant_for_the_server() -> None:
     worker = Worker("espeak", {}, label="espeak-ng")
     await worker.start()

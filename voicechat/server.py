@@ -38,6 +38,7 @@ from websockets.typing import Subprotocol
 from voicechat import protocol, serve_workers
 from voicechat.llm import ChatBackend
 from voicechat.metrics import METRICS_PATH, METRICS_REFRESH_S, ServerMetrics
+from voicechat.notice import RepeatedWarning
 from voicechat.pipeline import (
     CANCELLED,
     COMPLETED,
@@ -49,7 +50,8 @@ from voicechat.pipeline import (
 from voicechat.serve_workers import SessionTally
 from voicechat.settings import ServerConfig
 from voicechat.speech import SpeechInput
-from voicechat.speech.listener import Listener, TurnSettings
+from voicechat.speech.listener import Listener, TurnSettings, vad_notice
+from voicechat.speech.scheduler import STTScheduler
 from voicechat.tts.base import TTSEngine
 from voicechat.web import etag_matches, load_static_files, security_headers
 from voicechat.workers import Worker
@@ -130,22 +132,6 @@ def _select_subprotocol(
     return Subprotocol(protocol.PROTOCOL) if protocol.PROTOCOL in offered else None
 
 
-class _CapNotice:
-    """Logs one WARNING when a cap starts refusing, then at most one per interval while it does."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message  # formatted with (the cap, refusals since the last line)
-        self._last: float | None = None
-        self._refused = 0
-
-    def refused(self, cap: int) -> None:
-        self._refused += 1
-        now = time.monotonic()
-        if self._last is None or now - self._last >= CAP_NOTICE_INTERVAL_S:
-            log.warning(self.message, cap, self._refused)
-            self._last, self._refused = now, 0
-
-
 class _CountedConnection(ServerConnection):
     """A connection the server counts from TCP accept until its handler starts (or it ends)."""
 
@@ -214,6 +200,9 @@ class VoiceChatServer:
     ) -> None:
         self.backend = backend
         self.speech = speech  # None: speech input is off (serve --stt none)
+        # Every session's transcriptions wait here, fairly, not in the recognizer's pipe.
+        self.stt_scheduler = STTScheduler(speech.stt) if speech else None
+        self.vad_notice = vad_notice()  # a failing VAD: one log line a minute for all sessions
         self.tally = tally  # `serve --workers N`: the sessions of every process, for the cap
         self.tts = tts
         self.config = config
@@ -233,13 +222,18 @@ class VoiceChatServer:
         # The caps in force: the configured ones, unless the open-file limit is lower (start()).
         self.max_connections = config.max_connections
         self.max_handshakes = config.max_handshakes
-        self._full_notice = _CapNotice(
+        # One WARNING when a cap starts refusing, then at most one per interval while it does.
+        self._full_notice = RepeatedWarning(
+            log,
             "--max-connections (%d) reached: new connections get HTTP 503 (%d refused since the "
-            "last such line)"
+            "last such line)",
+            CAP_NOTICE_INTERVAL_S,
         )
-        self._handshake_notice = _CapNotice(
+        self._handshake_notice = RepeatedWarning(
+            log,
             "%d connections are in the opening handshake (the cap): for each new one, the oldest "
-            "that has not sent its request is dropped (%d dropped since the last such line)"
+            "that has not sent its request is dropped (%d dropped since the last such line)",
+            CAP_NOTICE_INTERVAL_S,
         )
         self._server: Server | None = None
         self._idle = asyncio.Event()  # set while no session is open and no answer runs
@@ -311,7 +305,7 @@ class VoiceChatServer:
         if len(self._handshaking) >= self.max_handshakes:
             victim = next((c for c in self._handshaking if c.request is None), connection)
             self.refuse("handshake")
-            self._handshake_notice.refused(self.max_handshakes)
+            self._handshake_notice(self.max_handshakes)
             self._handshaking.pop(victim, None)
             victim.transport.abort()  # frees its file descriptor now
             if victim is connection:
@@ -383,6 +377,8 @@ class VoiceChatServer:
             self._server.close()
             await self._server.wait_closed()
         finally:
+            if self.stt_scheduler is not None:
+                await self.stt_scheduler.aclose()
             await self.tts.aclose()
             self._server = None
 
@@ -405,9 +401,20 @@ class VoiceChatServer:
             "max_connections": self.max_connections,
             "responses_in_flight": self.responses_in_flight(),
             "disconnected": dict(self.refused),
+            **({} if self.stt_scheduler is None else {"speech": self.speech_health()}),
             "llm": self.backend.name,
             "tts": self.tts.name,
             "protocol": protocol.PROTOCOL,
+        }
+
+    def speech_health(self) -> dict[str, Any]:
+        """Speech recognition's backlog (scheduler.py), the sessions listening, and the frames
+        the VAD failed on since the start."""
+        assert self.stt_scheduler is not None
+        return {
+            **self.stt_scheduler.health(),
+            "listening": sum(1 for s in self.sessions if s._listener is not None),
+            "vad_failures": self.vad_notice.total,
         }
 
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -464,7 +471,7 @@ class VoiceChatServer:
         open_sessions = len(self.sessions) if self.tally is None else self.tally.total()
         if open_sessions >= self.max_connections:
             self.refuse("full")
-            self._full_notice.refused(self.max_connections)
+            self._full_notice(self.max_connections)
             return connection.respond(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"server full: {self.max_connections} connections; retry later\n",
@@ -782,12 +789,14 @@ class Session:
             )
             return None
         if self._listener is None:
+            assert self.server.stt_scheduler is not None
             self._listener = Listener(
                 self,  # the session is the listener's Host
                 speech.vad,
-                speech.stt,
+                self.server.stt_scheduler.session(),
                 self._turn_settings,
                 self.server.config.input_audio,
+                self.server.vad_notice,
             )
         return self._listener
 

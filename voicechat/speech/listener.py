@@ -7,6 +7,11 @@ turn ends, then `host.user_turn(...)` starts the answer exactly as a typed messa
 queue in front of it is bounded: audio that finds it full is dropped with an error, so a slow
 recognizer never stops the session reading its socket (a typed message or a cancel still
 gets through). Transcribing an ended turn runs beside the listener, which keeps hearing.
+
+Every transcription goes through the server's scheduler (scheduler.py), which bounds the
+session's work and shares the recognizer fairly: a turn that finds MAX_TURNS of this session's
+turns still pending is shed (`committed`, then `error` `stt_busy`). The audio kept is bounded
+whatever the VAD does: at most one turn (`max_turn_audio_s`) and its lead-in.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from voicechat import protocol
+from voicechat.notice import RepeatedWarning
 from voicechat.settings import InputAudioSettings
-from voicechat.speech.stt import SpeechToText, STTError, Transcript
+from voicechat.speech.scheduler import ECHO, SPECULATIVE, TURN, Job, SessionSTT, STTBusy
+from voicechat.speech.stt import STTError
 from voicechat.speech.turns import (
     DECIDING,
     ECHO_WINDOW_MS,
@@ -46,10 +53,13 @@ log = logging.getLogger(__name__)
 RATE = protocol.INPUT_RATE
 BYTES_PER_MS = RATE * 2 // 1000  # PCM16 mono
 PREFIX_MS = 300  # audio kept from before the speech began
-QUEUE_FRAMES = 256  # input_audio messages waiting for the listener
+QUEUE_FRAMES = 256  # input_audio messages waiting for the listener…
+QUEUE_AUDIO_MS = 30_000  # …holding at most this much audio (256 frames of 1 s would be 8 MB)
 SERVER_VAD, PUSH_TO_TALK = "server_vad", "push_to_talk"
 ECHO_CHECK_TIMEOUT_S = 3.0  # a recognizer slower than this: the speech is taken as the user's
 ECHO_SHARE = 0.5  # speech whose words are at least this share of the answer's is its echo
+STT_BUSY = "stt_busy"  # the error code of a shed turn (protocol.md)
+VAD_NOTICE_INTERVAL_S = 60.0  # a VAD that keeps failing logs one line per this interval
 _WORD = re.compile(r"[\w']+")
 
 
@@ -111,6 +121,18 @@ class ListenerStats:
     speculative_used: int = 0
     speculative_discarded: int = 0
     echo_rejected: int = 0
+    shed: int = 0  # turns refused by the scheduler (stt_busy)
+    vad_failures: int = 0  # frames the VAD worker failed on
+    most_buffered_ms: float = 0.0  # the most audio ever kept (a new frame included)
+
+
+def vad_notice() -> RepeatedWarning:
+    """One for every listener of a server: a VAD worker down fails every session's frames."""
+    return RepeatedWarning(
+        log,
+        "VAD failed (%s): its sessions listen afresh (%d failures since the last such line)",
+        VAD_NOTICE_INTERVAL_S,
+    )
 
 
 class Listener:
@@ -120,18 +142,21 @@ class Listener:
         self,
         host: Host,
         vad: SileroVAD,
-        stt: SpeechToText,
+        stt: SessionSTT,
         settings: TurnSettings,
         limits: InputAudioSettings,
+        vad_failed: RepeatedWarning | None = None,
     ) -> None:
         self.host = host
         self.vad = vad
-        self.stt = stt
+        self.stt = stt  # this session's lines in the server's scheduler
         self.settings = settings
         self.limits = limits
         self.stats = ListenerStats()
+        self._vad_failed = vad_failed or vad_notice()
         self._stream = uuid.uuid4().hex  # this session's state in the VAD worker
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_FRAMES)
+        self._queued_bytes = 0  # audio in `_queue`
         self._detector = TurnDetector(self._rules())
         self._samples = 0  # appended so far: the session's audio clock
         self._audio = bytearray()  # the audio kept, from `_audio_from_ms` on
@@ -141,13 +166,18 @@ class Listener:
         self._turn_ended = False  # a turn ended since the last commit/clear
         self._speech_run = 0  # push-to-talk: consecutive speech windows
         self._heard_speech = False  # push-to-talk: speech since the last commit
-        self._speculation: tuple[int, asyncio.Task[Transcript]] | None = None
+        self._speculation: tuple[int, Job] | None = None
         self._answering: asyncio.Task[None] | None = None  # the last ended turn's transcription
         self._task = asyncio.create_task(self._run(), name="listener")
 
     @property
     def now_ms(self) -> float:
         return self._samples / (RATE / 1000)
+
+    @property
+    def buffered_ms(self) -> float:
+        """The audio kept for turns in progress (bounded: `_trim`)."""
+        return len(self._audio) / BYTES_PER_MS
 
     def _rules(self) -> TurnRules:
         s = self.settings
@@ -173,10 +203,13 @@ class Listener:
     def put(self, kind: str, pcm16: bytes = b"") -> bool:
         """Queue "audio", "commit" or "clear"; False when the listener is that far behind (the
         message is dropped: the session never stops reading its socket for speech input)."""
+        if self._queued_bytes + len(pcm16) > QUEUE_AUDIO_MS * BYTES_PER_MS:
+            return False
         try:
             self._queue.put_nowait((kind, pcm16))
         except asyncio.QueueFull:
             return False
+        self._queued_bytes += len(pcm16)
         return True
 
     def drop_pending_turns(self) -> None:
@@ -192,6 +225,7 @@ class Listener:
         if self._answering is not None:
             self._answering.cancel()
             await asyncio.gather(self._answering, return_exceptions=True)
+        self.stt.close()  # every job of this session leaves the scheduler
         with suppress(Exception):  # the worker may be gone; its state goes with it then
             async with asyncio.timeout(2):
                 await self.vad.close(self._stream)
@@ -201,6 +235,7 @@ class Listener:
     async def _run(self) -> None:
         while True:
             kind, data = await self._queue.get()
+            self._queued_bytes -= len(data)
             try:
                 if kind == "audio":
                     await self._on_audio(data)
@@ -219,15 +254,19 @@ class Listener:
     async def _on_audio(self, pcm16: bytes) -> None:
         self._audio += pcm16
         self._samples += len(pcm16) // 2
+        self.stats.most_buffered_ms = max(self.stats.most_buffered_ms, self.buffered_ms)
         try:
             probabilities = await self.vad.probabilities(self._stream, pcm16)
         except WorkerError as exc:
-            # The VAD worker died and lost every stream's state: start this one afresh.
-            log.warning("VAD failed (%s); listening afresh", exc)
+            # The VAD worker died and lost every stream's state: start this one afresh. (A
+            # worker that cannot restart fails every frame at once: the audio is trimmed all
+            # the same, and the log gets one line per interval, not one per frame.)
+            self.stats.vad_failures += 1
+            self._vad_failed(exc)
             self._stream = uuid.uuid4().hex
             self._detector.reset()
             self._detector.windows = int(self.now_ms // WINDOW_MS)  # the clocks agree again
-            return
+            probabilities = []
         if self.settings.turn_mode == PUSH_TO_TALK:
             self._push_to_talk_windows(probabilities)
             if self.now_ms - self._audio_from_ms >= self.limits.max_turn_audio_s * 1000:
@@ -272,9 +311,12 @@ class Listener:
         """Speech over the playing answer: the user barging in, or the answer's own voice?"""
         if self.settings.echo_guard:
             audio = self._slice(candidate.start_ms, candidate.at_ms)
+            job = self.stt.transcribe(audio, self.settings.language, ECHO)
             try:
+                # Waiting for the recognizer counts too: a busy one does not hold the listener
+                # (on the timeout the job is dropped, from the scheduler's line or the worker).
                 async with asyncio.timeout(ECHO_CHECK_TIMEOUT_S):
-                    heard = await self.stt.transcribe(audio, self.settings.language)
+                    heard = await job.future
             except Exception as exc:  # STTError, a timeout: never leave a Candidate undecided
                 log.warning("echo check failed (%r): taking it as the user", exc)
             else:
@@ -307,11 +349,8 @@ class Listener:
         """A pause began: transcribe the turn so far now, while the silence rule waits."""
         self._drop_speculation()
         audio = self._slice(self._turn_from_ms, at_ms)
-        task = asyncio.create_task(
-            self.stt.transcribe(audio, self.settings.language), name="speculation"
-        )
-        task.add_done_callback(_consume_exception)
-        self._speculation = (at_ms, task)
+        job = self.stt.transcribe(audio, self.settings.language, SPECULATIVE)
+        self._speculation = (at_ms, job)
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
@@ -336,38 +375,45 @@ class Listener:
         )
         speculation, self._speculation = self._speculation, None
         self._forget_until(end_ms)
-        pending: asyncio.Future[Transcript]
-        if speculation is not None and speculation[0] == end_ms:
-            self.stats.speculative_used += 1
-            pending = speculation[1]
-        else:
+        try:
+            if speculation is not None and speculation[0] == end_ms:
+                job = speculation[1]
+                self.stt.promote(job)  # the turn's transcription: it counts as one now
+                self.stats.speculative_used += 1
+            else:
+                if speculation is not None:
+                    speculation[1].cancel()
+                    self.stats.speculative_discarded += 1
+                job = self.stt.transcribe(audio, self.settings.language, TURN)
+        except STTBusy as exc:
             if speculation is not None:
                 speculation[1].cancel()
-                self.stats.speculative_discarded += 1
-            pending = asyncio.create_task(
-                self.stt.transcribe(audio, self.settings.language), name="transcription"
+            self.stats.shed += 1
+            error = protocol.error(
+                STT_BUSY, f"speech recognition is busy ({exc}): this turn was not transcribed"
             )
-            pending.add_done_callback(_consume_exception)
+            await self.host.send({**error, "item_id": item_id})
+            return
         # Transcribing runs beside the listener, which keeps hearing (a barge-in, the next
         # turn) however long the recognizer takes; turns are answered in the order they ended.
         previous = self._answering
         self._answering = asyncio.create_task(
-            self._answer_turn(item_id, pending, ended_at, previous), name="speech-turn"
+            self._answer_turn(item_id, job, ended_at, previous), name="speech-turn"
         )
 
     async def _answer_turn(
         self,
         item_id: str,
-        pending: asyncio.Future[Transcript],
+        job: Job,
         ended_at: float,
         previous: asyncio.Task[None] | None,
     ) -> None:
         try:
             if previous is not None:
                 await asyncio.gather(previous, return_exceptions=True)
-            transcript = await pending
+            transcript = await job.future
         except asyncio.CancelledError:
-            pending.cancel()  # (it may not have been awaited yet)
+            job.cancel()  # (it may not have been awaited yet)
             raise
         except STTError as exc:
             await self.host.send(
@@ -438,9 +484,10 @@ class Listener:
 
     def _trim(self) -> None:
         """Keep only what a turn may still need: its audio from the lead-in on while one is
-        in progress, the last second otherwise (push-to-talk: all since the last commit,
-        up to the turn limit, which commits)."""
+        in progress, the last 2 s otherwise (push-to-talk: all since the last commit, up to
+        the turn limit, which commits; past it, should the commit not come, the oldest goes)."""
         if self.settings.turn_mode == PUSH_TO_TALK:
+            self._forget_until(self.now_ms - self.limits.max_turn_audio_s * 1000)
             return
         state = self._detector.state
         if state == SPEAKING:
@@ -450,9 +497,3 @@ class Listener:
         else:  # idle, or echo (a re-check looks at the last `echo_recheck_ms`)
             keep_from = self.now_ms - max(2000, ECHO_WINDOW_MS + 500)
         self._forget_until(keep_from)
-
-
-def _consume_exception(task: asyncio.Task[Any]) -> None:
-    """A speculative transcription nobody awaits must not log 'exception never retrieved'."""
-    if not task.cancelled():
-        task.exception()

@@ -1,7 +1,8 @@
 """Speech-to-text back ends: the embedded Whisper worker, or an OpenAI-compatible server.
 
 Both take one finished turn (PCM16 mono 16 kHz) and return its text. A failure is `STTError`;
-the session reports it (`stt_failed`) and keeps listening.
+the session reports it (`stt_failed`) and keeps listening. `concurrency` is how many requests
+the server's scheduler (scheduler.py) keeps in flight to the engine at once.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Transcript:
 
 class SpeechToText(Protocol):
     name: str
+    concurrency: int  # requests in flight at once (the scheduler holds the rest)
 
     async def transcribe(self, pcm16: bytes, language: str | None) -> Transcript: ...
 
@@ -40,6 +42,8 @@ class SpeechToText(Protocol):
 
 class WhisperSTT:
     """Whisper in its worker process (`voicechat/engines/whisper.py`)."""
+
+    concurrency = 1  # the worker transcribes one turn at a time: more would wait in its pipe
 
     def __init__(self, worker: Worker, model: str) -> None:
         self.worker = worker
@@ -76,9 +80,16 @@ class OpenAISTT:
     LocalAI or faster-whisper-server answer it: `{"text": ...}`."""
 
     def __init__(
-        self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 30.0
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        concurrency: int = 4,
     ) -> None:
         self.url = base_url.rstrip("/") + "/audio/transcriptions"
+        self.concurrency = concurrency  # uploads at once; a GPU server takes several
         self.model = model
         self.name = f"openai:{model}"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

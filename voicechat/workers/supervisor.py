@@ -2,7 +2,9 @@
 
 Everything here runs on the event loop and never blocks: the worker's stdout is read by one task
 per process, replies are routed to the request that asked, and a death (EOF, then the exit
-status) fails every request in flight with `WorkerDied` before a fresh worker is started.
+status) fails every request in flight with `WorkerDied` before a fresh worker is started. A
+worker that owes answers and sends nothing for `stall_timeout_s` is stuck: it is killed, and
+that is handled as a death.
 Workers are started from the event loop's thread, which lives as long as the server: Linux's
 PR_SET_PDEATHSIG fires when the *thread* that forked the worker ends.
 """
@@ -31,7 +33,8 @@ WAIT_READY_S = 60.0  # how long a request waits for a restarting worker before i
 STOP_WAIT_S = 2.0  # after stdin closes, how long a worker gets to exit before SIGKILL
 RESTART_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # the last one repeats
 HEALTHY_AFTER_S = 60.0  # a worker that lived this long since its start resets the backoff
-STALL_TIMEOUT_S = 30.0  # requests in flight and not a frame for this long: the worker is stuck
+STALL_TIMEOUT_S = 30.0  # requests outstanding and not a frame for this long: the worker is stuck
+WATCH_TICK_S = 1.0  # how often the watchdog looks (more often for a shorter stall timeout)
 FAIL_FAST_AFTER = 2  # restarts failing in a row: requests fail at once instead of waiting
 
 _SIGNAL_TEXT = {
@@ -83,7 +86,12 @@ class _Process:
     stage: str = "starting"
     fatal: str | None = None
     started_at: float = field(default_factory=time.monotonic)
-    last_activity: float = field(default_factory=time.monotonic)  # last frame in or request out
+    # Requests written to it that it has not ended yet (with "end" or "error"): one it was
+    # asked to cancel is still outstanding until it says so, as it may still be working on it.
+    outstanding: set[int] = field(default_factory=set)
+    last_frame: float = field(default_factory=time.monotonic)  # anything it sent
+    busy_since: float = field(default_factory=time.monotonic)  # outstanding went from 0 to 1
+    stalled: str | None = None  # why the watchdog killed it
     reader: asyncio.Task[int] | None = None
     stderr: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
@@ -112,6 +120,7 @@ class Worker:
         ready_timeout_s: float = READY_TIMEOUT_S,
         wait_ready_s: float = WAIT_READY_S,
         stall_timeout_s: float = STALL_TIMEOUT_S,
+        max_outstanding: int | None = None,
     ) -> None:
         self.kind = kind
         self.settings = settings
@@ -120,11 +129,18 @@ class Worker:
         self.ready_timeout_s = ready_timeout_s
         self.wait_ready_s = wait_ready_s
         self.stall_timeout_s = stall_timeout_s
+        # At most this many requests written to the worker and not ended (None: no limit). A
+        # worker runs one request at a time; more only wait in its pipe and its unbounded
+        # queue, where they cannot be reordered or dropped. Past it a request waits here.
+        self.max_outstanding = max_outstanding
         self.state = "stopped"  # starting, ready, restarting, stopped
         self.restarts = 0
         self.last_start_s: float | None = None  # spawn -> ready, for the last (re)start
         self._current: _Process | None = None
         self._ready = asyncio.Event()
+        self._changed = asyncio.Condition()  # ready, given up or closed: wakes wait_ready()
+        self._room = asyncio.Event()  # a request ended: one waiting for max_outstanding may go
+        self._waiting = 0  # requests not written yet: the worker restarting, or no room
         self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._ids = itertools.count()
         self._supervisor: asyncio.Task[None] | None = None
@@ -136,11 +152,15 @@ class Worker:
         return self._current.pid if self._current and self.state == "ready" else None
 
     def health(self) -> dict[str, Any]:
+        """in_flight: written to the worker, not ended by it; waiting: not written yet."""
+        current = self._current
+        alive = current is not None and current.process.returncode is None
         return {
             "state": self.state,
             "pid": self.pid,
             "restarts": self.restarts,
-            "in_flight": len(self._pending),
+            "in_flight": len(current.outstanding) if alive and current else 0,
+            "waiting": self._waiting,
         }
 
     async def start(self) -> None:
@@ -151,16 +171,45 @@ class Worker:
         self._supervisor = asyncio.create_task(self._supervise(process), name=f"{self.kind}-sup")
 
     async def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Until the worker is ready (after a restart too); WorkerError after `timeout_s`, at
-        once when it is shut down or its restarts keep failing."""
-        if not self._ready.is_set() and self._failed_restarts >= FAIL_FAST_AFTER:
-            raise WorkerError(f"{self.label} keeps failing to restart; try again later")
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout_s or self.wait_ready_s)
-        except TimeoutError:
-            raise WorkerError(f"{self.label} is restarting; try again shortly") from None
-        if self._closing:  # aclose() sets the event to wake every waiter
+        """Until the worker is ready (after a restart too); WorkerError after `timeout_s`, and
+        at once when it is shut down or its restarts keep failing (waiters are woken then)."""
+
+        def settled() -> bool:
+            return self._ready.is_set() or self._closing or self._failed_restarts >= FAIL_FAST_AFTER
+
+        if not settled():
+            try:
+                async with asyncio.timeout(timeout_s or self.wait_ready_s), self._changed:
+                    await self._changed.wait_for(settled)
+            except TimeoutError:
+                raise WorkerError(f"{self.label} is restarting; try again shortly") from None
+        if self._closing:
             raise WorkerError(f"{self.label} is shut down")
+        if not self._ready.is_set():
+            raise WorkerError(f"{self.label} keeps failing to restart; try again later")
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _slot(self) -> _Process:
+        """The process to write a request to, once it is ready and has room for one more."""
+        self._waiting += 1
+        try:
+            while True:
+                while not self._ready.is_set():  # (cleared again if it died while we woke up)
+                    await self.wait_ready()
+                if self._closing:
+                    raise WorkerError(f"{self.label} is shut down")
+                current = self._current
+                assert current is not None
+                limit = self.max_outstanding
+                if limit is None or len(current.outstanding) < limit:
+                    return current
+                self._room.clear()
+                await self._room.wait()
+        finally:
+            self._waiting -= 1
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Run one request; yield its data frames. Leaving early cancels it in the worker."""
@@ -168,15 +217,12 @@ class Worker:
         frame = wire.encode({"op": "run", "id": request_id, "req": request})
         if len(frame) > wire.MAX_FRAME_BYTES:
             raise WorkerError(f"request too large for {self.label} ({len(frame)} bytes)")
-        while not self._ready.is_set():  # (cleared again if it died while we woke up)
-            await self.wait_ready()
-        current = self._current
-        assert current is not None
+        current = await self._slot()
         replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending[request_id] = replies
         finished = False
         try:
-            self._write(current, frame)
+            self._write(current, frame, request_id)
             while True:
                 reply = await replies.get()
                 kind = reply["t"]
@@ -198,6 +244,8 @@ class Worker:
         """End the worker: close its stdin (it exits), SIGKILL it if it does not, reap it."""
         self._closing = True
         self._ready.set()  # wakes every request waiting for a restart; they see _closing
+        self._room.set()
+        await self._notify()
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
@@ -241,12 +289,14 @@ class Worker:
         if current.ready in done:
             self.last_start_s = time.monotonic() - started
             self.state = "ready"
+            self._room.set()
             log.info(
                 "%s worker ready (pid %d) in %.2f s", self.kind, current.pid, self.last_start_s
             )
             # What the engine says of itself (for llama.cpp: the CPU features it was built for).
             log.info("%s engine: %s", self.kind, current.ready.result())
             self._ready.set()
+            await self._notify()
             return current
         timed_out = not done
         await self._stop_process(current)
@@ -267,12 +317,15 @@ class Worker:
         assert stdout is not None
         try:
             while (frame := await wire.read_async(stdout)) is not None:
-                current.last_activity = time.monotonic()
+                current.last_frame = time.monotonic()
                 kind = frame.get("t")
                 if kind in ("data", "end", "error"):
                     replies = self._pending.get(frame.get("id", -1))
                     if replies is not None:  # else: a request that was given up
                         replies.put_nowait(frame)
+                    if kind != "data":
+                        current.outstanding.discard(frame.get("id", -1))
+                        self._room.set()
                 elif kind == "stage":
                     current.stage = str(frame.get("stage"))
                 elif kind == "ready" and not current.ready.done():
@@ -288,19 +341,22 @@ class Worker:
         return await current.process.wait()
 
     async def _watch(self, current: _Process) -> None:
-        """Kill a worker that is alive but stuck: requests in flight, no frame for too long."""
+        """Kill a worker that is alive but stuck: it owes answers and has sent nothing for
+        `stall_timeout_s`, counted from its last frame or from when it last owed nothing,
+        whichever is later. Writing it more requests does not count: a stopped process takes
+        them into its pipe all the same."""
+        tick = min(WATCH_TICK_S, self.stall_timeout_s / 2)
         while current.process.returncode is None:
-            await asyncio.sleep(1.0)
-            silent = time.monotonic() - current.last_activity
-            if self._pending and current is self._current and silent > self.stall_timeout_s:
-                log.error(
-                    "%s worker (pid %d) sent nothing for %.0f s with %d request(s) in flight;"
-                    " killing it",
-                    self.kind,
-                    current.pid,
-                    silent,
-                    len(self._pending),
+            await asyncio.sleep(tick)
+            if not current.outstanding or current is not self._current:
+                continue
+            silent = time.monotonic() - max(current.last_frame, current.busy_since)
+            if silent > self.stall_timeout_s:
+                current.stalled = why = (
+                    f"answered nothing for {silent:.0f} s with {len(current.outstanding)} "
+                    "request(s) outstanding"
                 )
+                log.error("%s worker (pid %d) %s; killing it", self.kind, current.pid, why)
                 current.kill()
                 return
 
@@ -322,11 +378,15 @@ class Worker:
             )
             log.log(level, "[%s %d] %s", self.kind, current.pid, text)
 
-    def _write(self, current: _Process, frame: bytes) -> None:
+    def _write(self, current: _Process, frame: bytes, request_id: int | None = None) -> None:
+        """Send a frame; with `request_id`, a request the worker now owes an end for."""
         stdin = current.process.stdin
         if stdin is None or stdin.is_closing() or current.process.returncode is not None:
             return  # it is dead or dying: the reader reports that
-        current.last_activity = time.monotonic()
+        if request_id is not None:
+            if not current.outstanding:
+                current.busy_since = time.monotonic()
+            current.outstanding.add(request_id)
         try:
             stdin.write(frame)
         except (BrokenPipeError, ConnectionResetError):
@@ -365,8 +425,14 @@ class Worker:
                 return_exceptions=True,
             )
             self._ready.clear()
+            current.outstanding.clear()
+            self._room.set()  # requests waiting for room now wait for the restart
             status = code[0] if isinstance(code[0], int) else current.process.returncode
-            what = f"{self.label} worker (pid {current.pid}) {describe_exit(status)}"
+            if current.stalled:
+                how = f"{current.stalled} and was killed ({describe_exit(status)})"
+            else:
+                how = describe_exit(status)
+            what = f"{self.label} worker (pid {current.pid}) {how}"
             log.error("%s; restarting it", what)
             self._fail_pending(f"{what}; restarting it")
             if time.monotonic() - current.started_at > HEALTHY_AFTER_S:
@@ -382,6 +448,7 @@ class Worker:
                     log.error("restarting %s failed: %s", self.kind, exc)
                     self._failed_restarts += 1
                     self.state = "restarting"
+                    await self._notify()  # waiting requests fail now, not after wait_ready_s
                     continue
                 self._failed_restarts = 0
                 break
