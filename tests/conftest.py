@@ -28,6 +28,10 @@ from .audio_fixtures import (  # noqa: F401  (fixtures: pytest finds them by nam
 )
 
 WAIT_S = 20.0  # upper bound for any single wait in a test: a hang fails instead of blocking CI
+# Pipeline settings for a scripted answer that repeats a template or runs long on purpose, in a
+# test about something else: the loop guard and the speech budget (voicechat/loop_guard.py)
+# would end it early.
+WHOLE_ANSWERS = {"loop_guard": False, "max_speech_s": 0}
 
 
 def scripted_backend(items: list[Any], **kwargs: Any) -> ChatBackend:

@@ -20,7 +20,7 @@ from voicechat.llm.graph import build_chat_graph
 from voicechat.llm.scripted import ScriptedChatModel
 from voicechat.tts.tone import ToneTTS
 
-from .conftest import running_server
+from .conftest import WHOLE_ANSWERS, running_server
 from .hostile import hostile_text
 
 
@@ -74,7 +74,10 @@ deltas_with_timing = st.lists(
 @given(plans=st.lists(deltas_with_timing, min_size=1, max_size=3))
 def test_any_timing_of_deltas_gives_the_same_text_in_order(plans: list[Any]) -> None:
     async def run() -> None:
-        async with running_server(echo_backend(), SHORT_TONES, max_text_chars=64_000) as server:
+        # Random text loops, and may run long: every delta must reach the client here.
+        async with running_server(
+            echo_backend(), SHORT_TONES, max_text_chars=64_000, pipeline=WHOLE_ANSWERS
+        ) as server:
             async with ChatConnection(server.url) as conn:
                 for plan in plans:
                     deltas, done_text = await answer(conn, plan)

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import (
     WAIT_S,
+    WHOLE_ANSWERS,
     BlockingTTS,
     audio_by_segment,
     collect_answer,
@@ -214,9 +215,8 @@ async def test_an_answer_stops_at_the_token_limit() -> None:
 
 async def test_an_answer_stops_at_the_audio_limit() -> None:
     sentences = [f" Sentence number {i} is here." for i in range(20)]
-    async with running_server(
-        scripted_backend(sentences), ToneTTS(), pipeline={"max_answer_audio_s": 3.0}
-    ) as server:
+    limits = {**WHOLE_ANSWERS, "max_answer_audio_s": 3.0}  # the audio limit, not the guard's
+    async with running_server(scripted_backend(sentences), ToneTTS(), pipeline=limits) as server:
         async with ChatConnection(server.url) as conn:
             events = await collect_answer(conn, "talk a lot")
     done = events[-1]
@@ -371,7 +371,7 @@ async def test_a_slow_reader_is_disconnected_and_does_not_stall_others() -> None
     limits = {"outbound_frames": 4, "slow_client_timeout_s": 2.0}
     graph = build_chat_graph(TalkForeverChatModel(), checkpointer=InMemorySaver())
     backend = ChatBackend(graph=graph, name="talk-forever")
-    async with running_server(backend, ToneTTS(), **limits) as server:
+    async with running_server(backend, ToneTTS(), pipeline=WHOLE_ANSWERS, **limits) as server:
         async with connect(server.url, max_queue=1) as slow:  # reads one frame, then stops
             await slow.send(json.dumps({"type": "user.message", "text": "talk forever"}))
             await until(
@@ -475,7 +475,8 @@ async def test_a_failing_fish_server_is_rested_not_hammered() -> None:
     with FishDouble() as fish:
         fish.fail_status = 500
         tts = FishSpeechTTS(fish.url)
-        async with running_server(scripted_backend(sentences), tts) as server:
+        whole = running_server(scripted_backend(sentences), tts, pipeline=WHOLE_ANSWERS)
+        async with whole as server:
             async with ChatConnection(server.url) as conn:
                 events = await collect_answer(conn, "go")
         errors = [e["message"] for e in events if e["type"] == "error"]

@@ -17,6 +17,7 @@ from voicechat.tts.tone import ToneTTS, tone_pcm
 
 from .conftest import (
     WAIT_S,
+    WHOLE_ANSWERS,
     BlockingTTS,
     FailingToneTTS,
     audio_by_segment,
@@ -276,7 +277,10 @@ async def test_a_huge_delta_is_cut_in_slices_with_the_event_loop_free_between() 
             await asyncio.sleep(0)
 
     backend = scripted_backend(["Hello there friend. " * 2000])
-    settings = {"trace": lambda event, _at, _details: timeline.append(event)}
+    settings = {
+        "trace": lambda event, _at, _details: timeline.append(event),
+        **WHOLE_ANSWERS,  # 2,000 sentences said again and again: all of them spoken
+    }
     async with running_server(backend, pipeline=settings) as server:
         async with ChatConnection(server.url) as conn:
             ticking = asyncio.create_task(ticker())

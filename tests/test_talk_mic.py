@@ -22,7 +22,13 @@ from textual.widgets import Input
 
 from tests.audio_env import PACED_DEVICE, MicrophoneFeeder, PulseDaemon, start_pulse
 from tests.audio_fixtures import AudioEnv
-from tests.conftest import WAIT_S, gated_backend, running_server, scripted_backend
+from tests.conftest import (
+    WAIT_S,
+    WHOLE_ANSWERS,
+    gated_backend,
+    running_server,
+    scripted_backend,
+)
 from tests.speech_fixtures import normalize, spoken_pcm
 from tests.speech_server import speech_input
 from tests.test_talk import answers, send, status, until
@@ -167,7 +173,9 @@ async def test_speaking_over_an_answer_stops_it_at_once_and_keeps_only_what_was_
     gate = asyncio.Event()  # never set: the answer is still being written when the user speaks
     async with (
         speech_input() as speech,
-        running_server(gated_backend(LONG_ANSWER, gate), ToneTTS(), speech=speech) as server,
+        running_server(
+            gated_backend(LONG_ANSWER, gate), ToneTTS(), speech=speech, pipeline=WHOLE_ANSWERS
+        ) as server,
     ):
         app = RecordingApp(server.url, device=PACED_DEVICE, mic=True, input_device=PACED_DEVICE)
         async with app.run_test() as pilot:

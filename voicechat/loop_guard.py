@@ -188,10 +188,9 @@ class SpeechGate:
     @property
     def kept_text(self) -> str | None:
         """What the conversation keeps of an answer that was ended early (a loop, the budget, a
-        limit): the units spoken. None when the answer ran to its end (its text stands), and
-        without the guard, where a limit keeps all the text (as before the guard existed)."""
-        ended_early = self._ended and (self.guard or self.stopped is not None)
-        return " ".join(self.spoken) if ended_early else None
+        limit) with part of it unspoken: the units spoken. None when everything produced was
+        spoken (its text stands), and without the guard at a limit (all spoken, as before)."""
+        return " ".join(self.spoken) if self._ended and self.dropped else None
 
     def feed(self, raw: str, speech: str) -> list[str]:
         """The next piece of the answer: its raw text (for symbol runs) and its speech text
@@ -203,7 +202,9 @@ class SpeechGate:
         out: list[str] = []
         if self._symbol_run(raw):
             self._feed_speech(speech, out)
-            self._stop(REPETITION, out, keep_whole=True)
+            if not self._ended:
+                self.dropped = True  # the symbols: not spoken, and not kept either
+                self._stop(REPETITION, out, keep_whole=True)
             return out
         self._feed_speech(speech, out)
         return out
@@ -228,6 +229,7 @@ class SpeechGate:
         """A hard limit ended the answer (tokens): what is left is spoken up to its last whole
         sentence (without the guard: all of it, as before)."""
         if self._ended:
+            self.dropped = self.dropped or any(char.isalnum() for char in speech)
             return []
         if not self.guard:
             out = self.finish(speech)
@@ -277,6 +279,7 @@ class SpeechGate:
             self._take(self.segmenter.feed(speech), out)
             return
         # A loop: the text before it goes on as usual, then the answer ends before it.
+        self.dropped = True
         self._take(self.segmenter.feed(speech[: max(0, loop_at - start)]), out)
         if not self._ended:
             self._stop(REPETITION, out, keep_whole=True, limit=loop_at)

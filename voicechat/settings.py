@@ -79,7 +79,9 @@ class Sampling:
     dry_multiplier: float = 0.8  # 0: DRY off
     dry_base: float = 1.75
     dry_allowed_length: int = 2
-    dry_penalty_last_n: int = -1  # -1: the whole context
+    # Tokens DRY looks back over. Not -1 ("the whole context" in llama.cpp's docs): through
+    # llama-cpp-python 0.3.36 that turns DRY off, as 0 does (measured: the same text as 0).
+    dry_penalty_last_n: int = 512
 
 
 # `--sampling plain`: what the local model did before these defaults (temperature 0.7 and

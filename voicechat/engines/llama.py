@@ -72,7 +72,7 @@ class LlamaEngine:
                 dry,
                 float(sampling.get("dry_base", 1.75)),
                 int(sampling.get("dry_allowed_length", 2)),
-                int(sampling.get("dry_penalty_last_n", -1)),
+                int(sampling.get("dry_penalty_last_n", 512)),
             )
             if dry > 0
             else None
