@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import Field
@@ -173,3 +174,26 @@ async def test_the_embedded_model_cut_by_its_token_limit_ends_on_a_whole_sentenc
     assert not ends_sentence(streamed.strip())  # the model was cut mid-sentence…
     assert done["text"] and ends_sentence(done["text"])  # …what was spoken was not
     assert done["text"] == " ".join(spoken_units(events))
+
+
+@pytest.mark.parametrize(
+    ("script", "text", "silent"), [(LOOPING, SPOKEN, False), (["🌸"] * 80, "", True)]
+)
+async def test_talk_shows_what_was_spoken_why_it_was_cut_and_a_silent_answer(
+    script: list[str], text: str, silent: bool
+) -> None:
+    from voicechat.tui.app import SILENT_NOTICE, TRUNCATED_LABELS, NoticeLine, VoiceChatApp
+
+    from .test_talk import answers, send, until
+
+    async with running_server(scripted_backend(script)) as server:
+        app = VoiceChatApp(server.url, device="null")
+        async with app.run_test() as pilot:
+            await until(pilot, lambda: app.connection is not None, "the connection")
+            await send(pilot, "Say hello again in one short sentence.")
+            await until(pilot, lambda: bool(answers(app)) and answers(app)[0].status, "the answer")
+            answer = answers(app)[0]
+            assert answer.text == text  # the streamed loop was replaced by what was spoken
+            assert TRUNCATED_LABELS["repetition"] in str(answer.render())
+            notices = [str(notice.render()) for notice in app.query(NoticeLine)]
+            assert (SILENT_NOTICE in notices) is silent

@@ -660,6 +660,18 @@ async def test_a_failed_answer_says_so(page: Any) -> None:
     assert notice.startswith("The answer failed: the language model stopped with an error.")
 
 
+async def test_an_emoji_flood_is_cut_and_the_page_says_nothing_could_be_said(page: Any) -> None:
+    async with running_server(scripted_backend(["🌸"] * 80), ToneTTS()) as server:
+        await open_chat(page, server.page_url)
+        await send(page, "Say hello again in one short sentence.")
+        answer = await answer_done(page, 1)
+        s = await state(page)
+        meta = await page.locator(".turn.assistant .meta").inner_text()
+    assert (answer["status"], answer["text"], answer["chunks"]) == ("completed", "", 0)
+    assert meta.startswith("cut: it began repeating itself")
+    assert s["notices"] == ["The answer had nothing to say aloud (only emoji, symbols or code)."]
+
+
 # --- without AudioWorklet -------------------------------------------------------------------
 
 
