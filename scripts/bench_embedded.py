@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from voicechat.client.connection import ChatConnection
+from voicechat.settings import Sampling
 
 
 def free_port() -> int:
@@ -107,13 +109,17 @@ def llm_alone_tokens_per_s(prompt: str, runs: int) -> float:
             {"role": "user", "content": prompt},
         ],
         "max_tokens": 256,
-        "temperature": 0.7,
+        "sampling": dataclasses.asdict(Sampling()),  # the server's default (--sampling voice)
     }
     rates: list[float] = []
     stamps: list[float] = []
     for _ in range(runs):
         stamps.clear()
-        engine.run(request, lambda _token: stamps.append(time.perf_counter()), lambda: False)
+        engine.run(
+            request,
+            lambda reply: stamps.append(time.perf_counter()) if reply["text"] else None,
+            lambda: False,
+        )
         rate = tokens_per_s(len(stamps), stamps[-1] - stamps[0] if stamps else 0.0)
         if rate is not None:
             rates.append(rate)
