@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import glob
+import importlib.util
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -28,6 +30,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from voicechat.audio.wav import decode_wav
 from voicechat.client.connection import ChatConnection
 from voicechat.config import ConfigError, open_backends
+from voicechat.engines.piper import MAX_UNIT_PHONEMES
 from voicechat.llm import LLMSettings, build_backend
 from voicechat.llm.memory import open_checkpointer
 from voicechat.server import VoiceChatServer
@@ -118,6 +121,47 @@ async def _until_done(conn: ChatConnection) -> AsyncIterator[dict[str, Any]]:
         yield event
         if event["type"] == "response.done":
             return
+
+
+def _load_script(name: str) -> ModuleType:
+    path = ROOT / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_a_hostile_message_makes_bounded_speech_in_the_real_piper_worker() -> None:
+    """Issue 24 (defect 7): 420 characters of enclosed ideographs, braille, Myanmar signs and
+    math symbols made 143 s of audio (one unit 69 s) and took Piper from 162 to 1,585 MB.
+    Now the symbols with no word go, the router keeps what the voice can say, and no unit is
+    over MAX_UNIT_PHONEMES (about 20 s at Piper's ~20 phonemes a second; the bound is checked at
+    15 a second). scripts/bench_speech_symbols.py --piper prints both paths."""
+    bench = _load_script("bench_speech_symbols")
+    bound_s = MAX_UNIT_PHONEMES / 15
+    async with AsyncExitStack() as stack:
+        backends = await open_backends(
+            BackendOptions(llm="scripted", tts="piper", stt="none"), stack
+        )
+        seconds = []
+        for unit in bench.units_of(bench.HOSTILE_MESSAGE, filtered=True):
+            seconds.append(await _speech_seconds(backends.tts, unit))
+        # Symbols that do have words pass every filter, and still add up: 100 of them in one
+        # unit would be ~1,700 phonemes (80 s); the unit is cut at MAX_UNIT_PHONEMES.
+        math = await _speech_seconds(backends.tts, ("≤ ≥ ≠ ± ≈ " * 20)[:199])
+    assert len(seconds) >= 2
+    assert max(seconds) <= bound_s, seconds
+    assert sum(seconds) <= len(seconds) * bound_s
+    assert sum(seconds) > 5  # the words and the symbols that have words are still spoken
+    assert bound_s / 3 < math <= bound_s
+
+
+async def _speech_seconds(tts: Any, text: str) -> float:
+    seconds = 0.0
+    async for pcm in tts.synthesize(text):
+        seconds += pcm.samples / pcm.sample_rate
+    return seconds
 
 
 async def test_korean_units_are_spoken_by_espeak_and_unknown_scripts_are_skipped() -> None:

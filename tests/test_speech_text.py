@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from voicechat.segmenter import Segmenter
 from voicechat.speech_text import SpeechTextFilter, to_speech_text
+from voicechat.tts.router import LATIN, speakable
 
 from .hostile import BENCH, hostile_text
 
@@ -96,6 +97,16 @@ CASES: list[tuple[str, str]] = [
     # emoji
     ("Great 🎉👍🏽 job! ❤️ 👨‍👩‍👧 🇰🇷 1️⃣ ✅", "Great  job!    1 "),
     ("이모지😀없이", "이모지없이"),
+    # symbols a voice would read by their Unicode name go like emoji (issue 24: ㊗, braille)
+    ("Congratulations ㊗ on ⠁⠃⠉ braille!", "Congratulations  on  braille!"),
+    ("㊗㊗㊗ ⠿⠿⠿", " "),
+    ("Steps ① ② and ⓐ; ㈱ ㎏ ㍿ ⺀ ⼀ ㇀ ䷀ ꒐ end", "Steps   and ;         end"),
+    ("Box ┌─┐ █▓ ■ ▶ ⌘ ⏎ ␀ 𝄞 𝌆 𝠀 🬀 🯰", "Box" + " " * 12),
+    # ... while symbols with a word of their own stay
+    (
+        "25 °C, © 2024, ™, € 5, ± 1, x ≤ y → z, § 3, ½, №",
+        "25 °C, © 2024, ™, € 5, ± 1, x ≤ y → z, § 3, ½, №",
+    ),
     # HTML, escapes
     ('Line<br>break and <b>tag</b> <a href="x">y</a>', "Line\nbreak and tag y"),
     (r"\*not emphasis\* and \_x\_ and C:\Users", "*not emphasis* and _x_ and C:\\Users"),
@@ -354,3 +365,22 @@ def test_each_hostile_generator_keeps_a_bounded_tail(name: str) -> None:
     out.append(speech.flush())
     assert speech._buf == ""
     assert "".join(out) == to_speech_text(text)
+
+
+# What each voice is sent of a unit (tts/router.py): other scripts' letters and their marks,
+# digits and signs go; they would be read by their Unicode names.
+SPEAKABLE = [
+    ("Hello ါ world", LATIN, "Hello  world"),  # a Myanmar vowel sign on its own
+    ("Hello ကါ ၊ ၃ world.", LATIN, "Hello    world."),  # letter, sign, section mark, digit
+    ("Namaste नमस्ते, ok", LATIN, "Namaste , ok"),  # Devanagari letters with their marks
+    ("Café naïve e\u0301 ÀÉ", LATIN, "Café naïve e\u0301 ÀÉ"),  # Latin marks stay
+    ("25 °C, © 2024, € 5, x ≤ y → z, ½ “quoted” — ok…", LATIN, None),  # all stays
+    ("안녕하세요. 「인용」 ABC ၊ १२", "hangul", "안녕하세요. 「인용」 ABC  "),
+    ("日本語のテキスト、ですね。ㇰ", "kana", "日本語のテキスト、ですね。"),
+    ("中文，好！ ক", "han", "中文，好！ "),
+]
+
+
+@pytest.mark.parametrize(("text", "script", "expected"), SPEAKABLE)
+def test_a_voice_is_sent_only_what_it_can_say(text: str, script: str, expected: str | None) -> None:
+    assert speakable(text, script) == (text if expected is None else expected)

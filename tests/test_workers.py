@@ -334,3 +334,44 @@ async def test_modules_in_the_working_directory_do_not_shadow_the_workers(
         assert worker.state == "ready"
     finally:
         await worker.aclose()
+
+
+async def test_a_voice_worker_over_its_memory_limit_is_restarted_between_units() -> None:
+    """Issue 24 (defect 7): Piper keeps the memory of the longest unit it spoke. With a limit
+    below what a loaded Piper uses (~140 MB), the worker is replaced after every unit: the unit
+    itself is complete, the next one is served by a fresh process, and nothing fails."""
+    from voicechat.tts.piper import default_voice_path
+    from voicechat.workers.embedded import piper_worker
+    from voicechat.workers.supervisor import resident_bytes
+
+    worker = piper_worker(default_voice_path(), max_rss_mb=64)
+    await worker.start()
+    try:
+        pids = []
+        for _ in range(2):
+            pid = worker.pid
+            assert pid is not None and (resident_bytes(pid) or 0) > 64 * 2**20
+            pids.append(pid)
+            replies = [reply async for reply in worker.stream({"text": "Hello there."})]
+            assert sum(len(reply["pcm"]) for reply in replies) > 22050  # over 0.5 s of speech
+            await worker.wait_ready(WAIT_S)  # the restart behind it
+        assert worker.pid not in pids and len(set(pids)) == 2
+        assert worker.restarts == 2
+    finally:
+        await worker.aclose()
+    assert not any(alive(pid) for pid in pids)
+
+
+async def test_a_voice_worker_under_its_memory_limit_is_kept() -> None:
+    from voicechat.tts.piper import default_voice_path
+    from voicechat.workers.embedded import piper_worker
+
+    worker = piper_worker(default_voice_path(), max_rss_mb=4096)
+    await worker.start()
+    try:
+        pid = worker.pid
+        for _ in range(2):
+            assert [reply async for reply in worker.stream({"text": "Hello there."})]
+        assert worker.pid == pid and worker.restarts == 0
+    finally:
+        await worker.aclose()

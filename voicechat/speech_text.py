@@ -37,9 +37,13 @@ What it does
   stays (``x < 5``, ``List<String>``, ``i <3 u``).
 * A backslash before ASCII punctuation is a markdown escape: ``\\*`` -> ``*``.
 * Emoji and pictographs go (emoji blocks, dingbats, variation selectors, ZWJ, skin tones, keycaps,
-  regional indicators, tag characters). Every other script and all other punctuation (Hangul,
-  CJK, accents, ``… — “ ”``, arrows) passes unchanged; so does everything not named here, and
-  newlines are kept one for one.
+  regional indicators, tag characters), and so do symbols with no word of their own, which a
+  voice would read by their Unicode names: technical symbols, enclosed alphanumerics (``①``),
+  box drawing and geometric shapes, braille, CJK radicals and strokes, enclosed CJK and CJK
+  compatibility symbols (``㊗ ㎏``), hexagrams, musical symbols, SignWriting. Every script and
+  all other punctuation and symbols (Hangul, CJK, accents, ``… — “ ” ° © € ≤``, arrows) pass
+  unchanged; so does everything not named here, and newlines are kept one for one. (Which
+  characters each voice can say is the TTS router's business: tts/router.py.)
 
 Design
 ------
@@ -94,12 +98,25 @@ _DROP = 4  # dropping the rest of a long rule line (then _LINE)
 _NO_LINK = 0
 _LINK_TEXT = 1  # after "[": the converted text is held in `_link_out`
 
+# Emoji, and symbols that have no word of their own: a voice would read them by their Unicode
+# name or code ("symbol two six zero five", "Japanese congratulation button", "braille dots one
+# two three"), up to 45 phonemes a character (scripts/bench_speech_symbols.py).
 _EMOJI_CHARS = (
-    "\U0001f000-\U0001faff"  # emoticons, pictographs, transport, flags, skin tones, ...
+    "\U0001f000-\U0001fbff"  # emoticons, pictographs, flags, skin tones, legacy computing, ...
     "\u2600-\u27bf"  # miscellaneous symbols and dingbats (☀ ✂ ✅ ❤)
     "\u2b00-\u2bff"  # symbols and arrows with emoji forms (⬆ ⭐ ⭕)
-    "\u231a\u231b\u2328\u23cf\u23e9-\u23f3\u23f8-\u23fa"  # the emoji among technical symbols
-    "\u25aa\u25ab\u25b6\u25c0\u25fb-\u25fe"  # the emoji among geometric shapes
+    "\u2300-\u23ff"  # technical symbols (⌘ ⏩ ⌚)
+    "\u2400-\u24ff"  # control pictures, OCR, enclosed alphanumerics (① ⓐ)
+    "\u2500-\u25ff"  # box drawing, block elements, geometric shapes (─ █ ■ ▶)
+    "\u2800-\u28ff"  # braille patterns
+    "\u2e80-\u2fff"  # CJK and Kangxi radicals, ideographic description characters
+    "\u31c0-\u31ef"  # CJK strokes
+    "\u3200-\u33ff"  # enclosed CJK letters and months (㊗ ㈱), CJK compatibility (㎏ ㍿)
+    "\u4dc0-\u4dff"  # Yijing hexagrams
+    "\ua490-\ua4cf"  # Yi radicals
+    "\U0001cf00-\U0001d24f"  # musical symbols (Znamenny, Byzantine, Western, Greek)
+    "\U0001d300-\U0001d35f"  # Tai Xuan Jing symbols
+    "\U0001d800-\U0001daaf"  # SignWriting
     "\ufe0e\ufe0f"  # variation selectors (text / emoji presentation)
     "\u200d"  # zero-width joiner of emoji sequences
     "\u20e3"  # combining enclosing keycap

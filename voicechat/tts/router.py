@@ -2,8 +2,15 @@
 
 An English neural voice turns Hangul or Han characters into noise, so a unit written mostly in
 such a script goes to a voice for it (espeak-ng's Korean, Japanese or Mandarin); a unit in a script
-no voice covers is skipped with a TTSError that the client sees. Characters of other scripts
-inside a unit spoken by the main voice are left out rather than mangled.
+no voice covers is skipped with a TTSError that the client sees.
+
+A voice gets only what it can say: the letters of its scripts (and Latin) with the marks on them,
+spaces, and common punctuation, digits and symbols (ASCII and Latin-1, general punctuation,
+super- and subscripts, currency, letterlike symbols, number forms, arrows, mathematical
+operators; CJK punctuation and fullwidth forms for the CJK voices). Anything else is left out
+rather than mangled: other scripts' letters, and their marks, digits and signs, which espeak-ng
+(Piper's phonemizer too) would read by their Unicode names ("Myanmar vowel sign aa", about 38
+phonemes, or 2 s of speech, for one character).
 """
 
 from __future__ import annotations
@@ -33,6 +40,34 @@ def script_of(char: str) -> str | None:
     return LATIN if name.startswith("LATIN") else name.split(" ")[0].lower() or "unknown"
 
 
+# Non-letters every voice says briefly or not at all (code point ranges, inclusive).
+_COMMON = ((0x0000, 0x024F), (0x2000, 0x22FF))
+_CJK_COMMON = (*_COMMON, (0x3000, 0x303F), (0xFF00, 0xFFEF))
+# The scripts each voice reads, besides Latin.
+_VOICE_SCRIPTS = {"hangul": {"hangul"}, "kana": {"kana", "han"}, "han": {"han"}}
+
+
+def speakable(text: str, script: str | None = LATIN) -> str:
+    """The characters of `text` the voice for `script` (a unit's dominant script) can say."""
+    scripts = {LATIN, *_VOICE_SCRIPTS.get(script or LATIN, ())}
+    common = _COMMON if scripts == {LATIN} else _CJK_COMMON
+    kept: list[str] = []
+    on_letter = False  # the last character kept is a letter: a combining mark may follow it
+    for char in text:
+        letter_script = script_of(char)
+        if letter_script is not None:
+            on_letter = keep = letter_script in scripts
+        elif unicodedata.category(char)[0] == "M":
+            keep = on_letter
+        else:
+            on_letter = False
+            code = ord(char)
+            keep = char.isspace() or any(low <= code <= high for low, high in common)
+        if keep:
+            kept.append(char)
+    return "".join(kept)
+
+
 def dominant_script(text: str) -> str | None:
     """The script most letters of `text` are in (kana wins over han: that is Japanese)."""
     counts: dict[str, int] = {}
@@ -58,12 +93,14 @@ class ScriptRouter:
     async def synthesize(self, text: str) -> AsyncGenerator[Pcm, None]:
         script = dominant_script(text)
         if script in (None, LATIN):
-            spoken = "".join(c for c in text if script_of(c) in (None, LATIN))
             engine = self.main
         elif script in self.others:
-            spoken, engine = text, self.others[script]
+            engine = self.others[script]
         else:
             raise TTSError(f"skipped: no installed voice speaks {script} text")
+        spoken = speakable(text, script)
+        if not spoken.strip():
+            return  # nothing the voice can say: no audio, and no error either
         async for pcm in engine.synthesize(spoken):
             yield pcm
 

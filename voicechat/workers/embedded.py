@@ -16,6 +16,9 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the PyPI package llm-
 LLAMA_SIGILL_HINT = "llama-cpp-python was built for another CPU; run `bash scripts/setup.sh` again"
 ONNX_SIGILL_HINT = "onnxruntime's wheel does not support this CPU"
 LOCAL_CONTEXT_TOKENS = 4096  # the local model's context window (llama.cpp n_ctx)
+# The Piper worker's memory: ~140 MB loaded, ~300 MB after a 9 s sentence, ~550 MB after the
+# longest unit it will speak (engines/piper.py: MAX_UNIT_PHONEMES); restarted past this.
+PIPER_MAX_RSS_MB = 768
 
 
 class ModelNotFound(FileNotFoundError):
@@ -62,15 +65,21 @@ def llm_worker(
 
 
 def piper_worker(
-    voice_path: Path, length_scale: float = 1.0, ready_timeout_s: float | None = None
+    voice_path: Path,
+    length_scale: float = 1.0,
+    ready_timeout_s: float | None = None,
+    max_rss_mb: int | None = PIPER_MAX_RSS_MB,
 ) -> Worker:
-    """The Piper voice's worker: loads the .onnx voice and speaks a test sentence at start."""
+    """The Piper voice's worker: loads the .onnx voice and speaks a test sentence at start.
+    Past `max_rss_mb` of resident memory between units it is restarted (onnxruntime keeps the
+    memory of the longest unit it spoke)."""
     extra = {} if ready_timeout_s is None else {"ready_timeout_s": ready_timeout_s}
     return Worker(
         "piper",
         {"model_path": str(voice_path), "length_scale": length_scale},
         label="the Piper voice",
         sigill_hint=ONNX_SIGILL_HINT,
+        max_rss_bytes=None if max_rss_mb is None else max_rss_mb * 2**20,
         **extra,
     )
 

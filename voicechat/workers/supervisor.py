@@ -60,6 +60,15 @@ class WorkerStartError(Exception):
     """The worker could not load its engine or failed its self-check; the message is one line."""
 
 
+def resident_bytes(pid: int) -> int | None:
+    """A process's resident memory (Linux: /proc/PID/statm, a few µs); None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def describe_exit(returncode: int | None) -> str:
     """'crashed with SIGILL (illegal instruction)', 'exited with code 3', ..."""
     if returncode is None:
@@ -92,6 +101,7 @@ class _Process:
     last_frame: float = field(default_factory=time.monotonic)  # anything it sent
     busy_since: float = field(default_factory=time.monotonic)  # outstanding went from 0 to 1
     stalled: str | None = None  # why the watchdog killed it
+    retired: str | None = None  # why it was asked to exit between requests (its memory)
     reader: asyncio.Task[int] | None = None
     stderr: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
@@ -121,6 +131,7 @@ class Worker:
         wait_ready_s: float = WAIT_READY_S,
         stall_timeout_s: float = STALL_TIMEOUT_S,
         max_outstanding: int | None = None,
+        max_rss_bytes: int | None = None,
     ) -> None:
         self.kind = kind
         self.settings = settings
@@ -133,6 +144,10 @@ class Worker:
         # worker runs one request at a time; more only wait in its pipe and its unbounded
         # queue, where they cannot be reordered or dropped. Past it a request waits here.
         self.max_outstanding = max_outstanding
+        # A worker whose resident memory is over this when it owes nothing is restarted
+        # (None: never). Native engines keep memory they once needed (onnxruntime's arena after
+        # one long unit); a fresh process gives it back.
+        self.max_rss_bytes = max_rss_bytes
         self.state = "stopped"  # starting, ready, restarting, stopped
         self.restarts = 0
         self.last_start_s: float | None = None  # spawn -> ready, for the last (re)start
@@ -326,6 +341,8 @@ class Worker:
                     if kind != "data":
                         current.outstanding.discard(frame.get("id", -1))
                         self._room.set()
+                        if not current.outstanding:
+                            self._retire_if_large(current)
                 elif kind == "stage":
                     current.stage = str(frame.get("stage"))
                 elif kind == "ready" and not current.ready.done():
@@ -339,6 +356,21 @@ class Worker:
             if current is self._current:
                 self._ready.clear()  # no new request goes to it from here on
         return await current.process.wait()
+
+    def _retire_if_large(self, current: _Process) -> None:
+        """Between requests: past `max_rss_bytes`, no request goes to it any more and its stdin
+        is closed, so it exits; the supervisor starts a fresh one at once. (Synchronous, so no
+        request can be written between the check and the close.)"""
+        limit = self.max_rss_bytes
+        if limit is None or current is not self._current or current.retired:
+            return
+        rss = resident_bytes(current.pid)
+        if rss is None or rss <= limit:
+            return
+        current.retired = f"uses {rss / 2**20:.0f} MB, over its limit of {limit / 2**20:.0f} MB"
+        self._ready.clear()
+        if current.process.stdin is not None:
+            current.process.stdin.close()
 
     async def _watch(self, current: _Process) -> None:
         """Kill a worker that is alive but stuck: it owes answers and has sent nothing for
@@ -433,9 +465,14 @@ class Worker:
             else:
                 how = describe_exit(status)
             what = f"{self.label} worker (pid {current.pid}) {how}"
-            log.error("%s; restarting it", what)
+            if current.retired and status == 0:
+                log.info(
+                    "%s worker (pid %d) %s: restarting it", self.kind, current.pid, current.retired
+                )
+            else:
+                log.error("%s; restarting it", what)
             self._fail_pending(f"{what}; restarting it")
-            if time.monotonic() - current.started_at > HEALTHY_AFTER_S:
+            if time.monotonic() - current.started_at > HEALTHY_AFTER_S or current.retired:
                 failures = 0
             self.state = "restarting"
             while True:
