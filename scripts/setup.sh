@@ -261,6 +261,7 @@ if [ "${1:-}" = "test" ]; then
     chromium            # the web client's tests drive Debian's Chromium (no browser download)
     nodejs              # `node --test`: the web client's pure JavaScript, tested without a browser
     nginx               # the load balancer of docs/deployment.md, run by its test (not as a service)
+    python3-venv        # the fresh-clone test installs into a venv of the system's Python, as a user would
   )
 fi
 
@@ -276,7 +277,6 @@ if command -v apt-get >/dev/null 2>&1; then
   elif command -v sudo >/dev/null 2>&1; then
     sudo=(sudo)
   else
-    say "not root and no sudo; install these yourself: ${debian_packages[*]}" >&2
     sudo=(false)
   fi
   missing=()
@@ -284,6 +284,10 @@ if command -v apt-get >/dev/null 2>&1; then
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "${sudo[*]}" = false ]; then
+      say "not root and no sudo: install these first (apt-get install ${missing[*]}), then run this again" >&2
+      exit 1
+    fi
     if [ "${sudo[*]}" = sudo ] && ! sudo -n true 2>/dev/null; then
       # Ask for the password now, on the terminal, not under a step's progress line.
       sudo -v
