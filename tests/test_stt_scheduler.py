@@ -141,6 +141,24 @@ async def test_spammers_are_shed_and_a_newcomer_waits_behind_one_job_of_each() -
     assert stt.most_active == 1
 
 
+async def test_a_session_that_speaks_now_and_then_goes_ahead_of_busy_ones() -> None:
+    """Least recently served first: two sessions with backlogs take turns, and a third that
+    asks while they do is next, not behind a round of theirs."""
+    stt = FakeSTT()
+    scheduler = STTScheduler(stt)
+    a, b, c = scheduler.session(), scheduler.session(), scheduler.session()
+    for name in (b"a1", b"a2", b"a3"):
+        a.transcribe(name, None, TURN)
+    for name in (b"b1", b"b2", b"b3"):
+        b.transcribe(name, None, TURN)
+    assert await run_in_order(stt, 2) == [b"a1", b"b1"]
+    running = await stt.next_call()
+    assert running.audio == b"a2"
+    c.transcribe(b"c1", None, TURN)  # c was never served: it goes before b's second
+    running.finish()
+    assert await run_in_order(stt, 4) == [b"c1", b"b2", b"a3", b"b3"]
+
+
 async def test_a_session_has_one_job_in_flight_even_with_room_for_more() -> None:
     stt = FakeSTT(concurrency=2)
     scheduler = STTScheduler(stt)

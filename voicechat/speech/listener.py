@@ -484,8 +484,9 @@ class Listener:
 
     def _trim(self) -> None:
         """Keep only what a turn may still need: its audio from the lead-in on while one is
-        in progress, the last 2 s otherwise (push-to-talk: all since the last commit, up to
-        the turn limit, which commits; past it, should the commit not come, the oldest goes)."""
+        in progress, the last 3.5 s otherwise (an echo re-check looks at up to 3 s; push-to-
+        talk: all since the last commit, up to the turn limit, which commits; past it, should
+        the commit not come, the oldest goes)."""
         if self.settings.turn_mode == PUSH_TO_TALK:
             self._forget_until(self.now_ms - self.limits.max_turn_audio_s * 1000)
             return

@@ -13,9 +13,11 @@ own lines:
   older (cancelled: dropped from the line, or stopped in the recognizer);
 - a session has at most one job in flight.
 
-When the recognizer has room, the next job comes from the next session in turn (round-robin
-over the sessions with a job waiting, in the order they first asked): a session's turn waits
-behind at most one job of each other session, never behind another session's backlog.
+When the recognizer has room, the next job comes from the session served least recently (the
+one whose last job started longest ago; never served comes first; a tie goes to the job that
+has waited longest). Sessions that always have work take turns (round-robin), and one that
+speaks now and then goes ahead of them: a session's turn waits behind at most one job of each
+other session, and usually only behind the job in flight, never behind another's backlog.
 Within a session an echo check goes first (an answer is playing and the barge-in waits for
 it), then the ended turns. A speculative run uses spare capacity only: it starts when no
 session has a turn or an echo check waiting. Once its turn ends on exactly the audio it was
@@ -49,6 +51,7 @@ class Job:
     audio: bytes
     language: str | None
     kind: str
+    seq: int  # the order jobs were asked for, server-wide
     future: asyncio.Future[Transcript] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -75,12 +78,14 @@ class SessionSTT:
         self.running: Job | None = None
         self.turns_pending = 0  # TURN jobs not finished: waiting or running
         self.shed = 0
+        self.last_started = 0  # the scheduler's `started` count at its last job's start
 
     def transcribe(self, audio: bytes, language: str | None, kind: str) -> Job:
         """Queue a job; STTBusy for a TURN when MAX_TURNS are already pending."""
         if kind == TURN:
             self._take_turn()
-        job = Job(self, audio, language, kind)
+        self._scheduler.asked += 1
+        job = Job(self, audio, language, kind, self._scheduler.asked)
         # A task awaiting the future and cancelled cancels the future: that frees it too.
         job.future.add_done_callback(lambda _: self._scheduler._finished(job))
         job.future.add_done_callback(_consume_exception)
@@ -146,12 +151,12 @@ class STTScheduler:
     def __init__(self, stt: SpeechToText, concurrency: int | None = None) -> None:
         self.stt = stt
         self.concurrency = max(1, concurrency or getattr(stt, "concurrency", 1))
-        self._sessions: list[SessionSTT] = []  # the round-robin order
-        self._next = 0  # where the next search for a job starts
+        self._sessions: list[SessionSTT] = []
         self._running: set[Job] = set()
         self.shed = 0  # turns refused since the start (STTBusy)
         self.max_queued = 0  # the most jobs ever waiting at once (high-water mark)
         self.started = 0  # jobs handed to the recognizer since the start
+        self.asked = 0  # jobs asked for since the start
 
     def session(self) -> SessionSTT:
         queue = SessionSTT(self)
@@ -180,8 +185,8 @@ class STTScheduler:
     # --- inside -------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Start jobs while the recognizer has room: turns and echo checks first, round-robin
-        over the sessions; speculation only when no session has either waiting."""
+        """Start jobs while the recognizer has room: turns and echo checks first, from the
+        session served least recently; speculation only when no session has either waiting."""
         while len(self._running) < self.concurrency:
             job = self._pick(speculative=False) or self._pick(speculative=True)
             if job is None:
@@ -190,17 +195,17 @@ class STTScheduler:
         self.max_queued = max(self.max_queued, self.queued())
 
     def _pick(self, *, speculative: bool) -> Job | None:
-        count = len(self._sessions)
-        for step in range(count):
-            index = (self._next + step) % count
-            session = self._sessions[index]
+        best: Job | None = None
+        for session in self._sessions:
             if session.running is not None:
-                continue
+                continue  # one job in flight per session
             job = session.next_job(speculative)
-            if job is not None:
-                self._next = (index + 1) % count
-                return job
-        return None
+            if job is not None and (
+                best is None
+                or (session.last_started, job.seq) < (best.owner.last_started, best.seq)
+            ):
+                best = job
+        return best
 
     def _start(self, job: Job) -> None:
         session = job.owner
@@ -213,6 +218,7 @@ class STTScheduler:
         session.running = job
         self._running.add(job)
         self.started += 1
+        session.last_started = self.started
         job.task = asyncio.create_task(self._run(job), name="stt-job")
         # (A callback, not a `finally`: a task cancelled before its first step runs no code.)
         job.task.add_done_callback(lambda _: self._ran(job))
@@ -260,14 +266,7 @@ class STTScheduler:
 
     def _forget(self, session: SessionSTT) -> None:
         if session in self._sessions:
-            index = self._sessions.index(session)
             self._sessions.remove(session)
-            if index < self._next:
-                self._next -= 1
-            if self._sessions:
-                self._next %= len(self._sessions)
-            else:
-                self._next = 0
 
 
 def _consume_exception(future: asyncio.Future[Transcript]) -> None:
