@@ -134,7 +134,7 @@ run_step() {
 #             Python that is not externally managed: pyenv, a source build, a container's Python)
 #   venv      this Python is externally managed (PEP 668): make a virtual environment with it
 #   too-old   older than MINIMUM ("3.11")
-# The snippet sticks to Python 3.0 syntax, so an old Python can still say how old it is.
+# The snippet avoids newer syntax (no f-strings), so an old Python 3 can still say how old it is.
 choose_environment() {  # PYTHON MINIMUM
   "$1" - "$2" <<'PY'
 import os, sys, sysconfig
