@@ -1,8 +1,9 @@
 """One answer, top to bottom as the data flows.
 
-graph.astream(stream_mode="messages") -> text.delta frames -> speech-text filter -> Segmenter
+graph.astream(stream_mode="messages") -> TextDelta events -> speech-text filter -> Segmenter
 -> one TTS task per unit, started at once (at most `tts_concurrency` synthesising)
--> an ordered sender that forwards unit 0's audio, then unit 1's, ... as audio.chunk frames.
+-> an ordered sender that forwards unit 0's audio, then unit 1's, ... as AudioOut events.
+The events (voicechat/events.py) go to the session, whose protocol adapter encodes them.
 
 Cancellation is one mechanism: the session cancels the task running `Answer.run()`; the task
 group cancels the LLM stream, every TTS task (closing their HTTP requests) and the sender.
@@ -11,7 +12,6 @@ group cancels the LLM stream, every TTS task (closing their HTTP requests) and t
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,8 +21,9 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 
-from voicechat import protocol
-from voicechat.audio.wav import encode_wav
+from voicechat import events, protocol
+from voicechat.events import ResponseOptions
+from voicechat.llm.graph import SYSTEM_PROMPT_KEY
 from voicechat.loop_guard import SpeechGate
 from voicechat.settings import PipelineSettings
 from voicechat.speech_text import SpeechTextFilter
@@ -30,7 +31,7 @@ from voicechat.tts.base import Pcm, TTSEngine, TTSError
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[dict[str, Any]], Awaitable[None]]
+Emit = Callable[[events.Event], Awaitable[None]]
 
 COMPLETED, CANCELLED, FAILED = "completed", "cancelled", "failed"
 # The filter and the segmenter take at most a few µs per character even on hostile text
@@ -82,12 +83,14 @@ class Answer:
         *,
         graph: Any,
         thread_id: str,
-        user_text: str,
+        user_text: str | None,
         response_id: str,
         tts: TTSEngine,
         emit: Emit,
         settings: PipelineSettings,
         started_at: float | None = None,
+        user_message_id: str | None = None,
+        options: ResponseOptions | None = None,
     ) -> None:
         self.graph = graph
         self.thread_id = thread_id
@@ -96,6 +99,8 @@ class Answer:
         self.tts = tts
         self.emit = emit
         self.settings = settings
+        self.options = options or ResponseOptions()
+        self.interrupted = False  # cancelled because the user spoke over it (set by the session)
         self.started_at = time.perf_counter() if started_at is None else started_at
         self.text = ""  # the LLM's text exactly as generated
         # What was spoken, when the answer ended early (a loop, the speech budget, a token limit)
@@ -113,11 +118,38 @@ class Answer:
         # (audio start in ms, text) of each unit sent: what response.truncate maps time onto.
         self.unit_starts: list[tuple[float, str]] = []
         # Its own id, so that after a cancel we can tell whether the graph stored it already.
-        self.user_message = HumanMessage(user_text, id=f"user-{response_id}")
+        # None: an answer to the conversation as it stands (Realtime's response.create).
+        self.user_message = (
+            None
+            if user_text is None
+            else HumanMessage(user_text, id=user_message_id or f"user-{response_id}")
+        )
+        # Without a user message: the id of the history's last message before this answer,
+        # which the answer follows once stored ("" for an empty history).
+        self._anchor: str | None = None
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"configurable": {"thread_id": self.thread_id}}
+        configurable = {"thread_id": self.thread_id}
+        if self.options.instructions is not None:
+            configurable[SYSTEM_PROMPT_KEY] = self.options.instructions
+        return {"configurable": configurable}
+
+    async def _history(self) -> tuple[list[BaseMessage], list[str | None], bool]:
+        """The stored messages, their ids, and whether a run is still uncommitted."""
+        state = await self.graph.aget_state(self.config)
+        messages = state.values.get("messages", []) if state and state.values else []
+        ids = [getattr(message, "id", None) for message in messages]
+        return messages, ids, bool(state.tasks) if state else False
+
+    def _stored_index(self, ids: list[str | None]) -> int | None:
+        """Where the history holds this answer's assistant turn, if it does."""
+        key = self.user_message.id if self.user_message is not None else self._anchor
+        if key == "":
+            return 0 if ids else None
+        if key not in ids[:-1]:
+            return None
+        return ids.index(key) + 1
 
     async def run(self) -> str:
         """Stream the answer; return COMPLETED or FAILED. Cancellation propagates."""
@@ -135,7 +167,7 @@ class Answer:
                 for task in (sender, *self._tts_tasks):
                     task.cancel()
                 await self.emit(
-                    protocol.error(protocol.LLM_FAILED, f"LLM failed: {exc}", self.response_id)
+                    events.Error(protocol.LLM_FAILED, f"LLM failed: {exc}", self.response_id)
                 )
                 return FAILED
             units.put_nowait(None)
@@ -152,8 +184,8 @@ class Answer:
 
         def start_units(found: list[str]) -> None:
             nonlocal index
-            if self.truncated == "max_audio":
-                return  # nothing more will be sent: synthesise nothing more
+            if self.truncated == "max_audio" or not self.options.speak:
+                return  # nothing more will be sent (or nothing is spoken): synthesise nothing
             for text in found:
                 if self.settings.trace:
                     self.settings.trace("unit", time.perf_counter(), {"index": index, "text": text})
@@ -163,9 +195,11 @@ class Answer:
                 self._tts_tasks.append(group.create_task(self._synthesize(unit)))
                 units.put_nowait(unit)
 
-        stream = self.graph.astream(
-            {"messages": [self.user_message]}, self.config, stream_mode="messages"
-        )
+        if self.user_message is None:  # the answer will follow the history's last message
+            _, ids, _ = await self._history()
+            self._anchor = (ids[-1] or "") if ids else ""
+        new = [] if self.user_message is None else [self.user_message]
+        stream = self.graph.astream({"messages": new}, self.config, stream_mode="messages")
         message_id: str | None = None
         deltas = 0
         async with aclosing(stream):
@@ -190,7 +224,7 @@ class Answer:
                 self.text += delta
                 if self.settings.trace:
                     self.settings.trace("delta", time.perf_counter(), {"text": delta})
-                await self.emit(protocol.text_delta(self.response_id, delta))
+                await self.emit(events.TextDelta(self.response_id, delta))
                 for start in range(0, len(speech), PURE_STAGE_SLICE):
                     if start:  # a huge delta (a user graph's whole answer): let others run
                         await asyncio.sleep(0)
@@ -211,6 +245,7 @@ class Answer:
         if self.truncated == "max_audio":
             return  # nothing more is spoken; the text stands as generated
         start_units(gate.cut(rest) if self.truncated else gate.finish(rest))
+        self.truncated = self.truncated or gate.stopped  # a loop or the budget in the last units
         self.kept_text = gate.kept_text
 
     async def _synthesize(self, unit: _Unit) -> None:
@@ -240,7 +275,7 @@ class Answer:
             while (piece := await unit.pieces.get()) is not None:
                 if isinstance(piece, TTSError):
                     await self.emit(
-                        protocol.error(
+                        events.Error(
                             protocol.TTS_FAILED,
                             f"speech unit {unit.index} lost: {piece}",
                             self.response_id,
@@ -269,17 +304,11 @@ class Answer:
         if first:
             self.unit_starts.append((self.audio_ms, unit.text))
         self.audio_ms += 1000 * pcm.samples / pcm.sample_rate
-        frame = protocol.audio_chunk(
-            self.response_id,
-            seq=self._seq,
-            segment=unit.index,
-            text=unit.text if first else "",
-            sample_rate=pcm.sample_rate,
-            samples=pcm.samples,
-            audio_b64=base64.b64encode(encode_wav(pcm.data, pcm.sample_rate)).decode("ascii"),
+        piece = events.AudioOut(
+            self.response_id, self._seq, unit.index, unit.text if first else "", pcm
         )
         self._seq += 1
-        await self.emit(frame)
+        await self.emit(piece)
         if self.settings.trace:
             self.settings.trace(
                 "audio",
@@ -311,31 +340,35 @@ class Answer:
         fields: dict[str, Any] = {}
         if self.truncated:
             fields["truncated"] = self.truncated
-        if status == COMPLETED and self.segments == 0:
+        if status == COMPLETED and self.segments == 0 and self.options.speak:
             fields["silent"] = True
         return fields
 
-    def done_frame(self, status: str) -> dict[str, Any]:
-        frame = protocol.response_done(self.response_id, status, self.answer_text, self.metrics())
-        frame.update(self.done_fields(status))
-        return frame
+    def done_event(self, status: str) -> events.ResponseDone:
+        return events.ResponseDone(
+            self.response_id,
+            status,
+            self.answer_text,
+            self.metrics(),
+            self.done_fields(status),
+            interrupted=self.interrupted,
+        )
 
     async def keep_partial_text(self) -> None:
         """After a cancel or failure: keep the user's message and what was said, so every user
         message is in the history exactly once and turns alternate. An answer cancelled before
         the graph even started stores its user message and an empty assistant turn."""
         try:
-            state = await self.graph.aget_state(self.config)
-            messages = state.values.get("messages", []) if state and state.values else []
-            ids = [getattr(message, "id", None) for message in messages]
+            messages, ids, uncommitted = await self._history()
+            stored_at = self._stored_index(ids)
             # `state.tasks` is empty once LangGraph committed the run. A cancel between the node's
             # return and that commit leaves the answer only as a task's pending write: the
             # snapshot shows it, but the next run's input (or any update) discards it, which
             # left two user messages in a row. Then the text is stored below, like any cancel.
-            if self.user_message.id in ids[:-1] and not state.tasks:
+            if stored_at is not None and not uncommitted:
                 # The node finished and stored the answer after the user's message; when the
                 # model's token limit cut it, only what was spoken stays (same id: replaced).
-                stored = messages[ids.index(self.user_message.id) + 1]
+                stored = messages[stored_at]
                 if self.kept_text is not None and stored.id and stored.content != self.kept_text:
                     update = [AIMessage(self.kept_text, id=stored.id)]
                     await self.graph.aupdate_state(self.config, {"messages": update})
@@ -343,7 +376,9 @@ class Answer:
             # The user's message goes in again with its id: the reducer replaces it where the
             # graph had stored it, and appends it where it had not (cancelled before the graph
             # ran, or while its input was only a pending write, which this update supersedes).
-            update = [self.user_message, AIMessage(self.answer_text)]
+            update: list[BaseMessage] = [AIMessage(self.answer_text)]
+            if self.user_message is not None:
+                update.insert(0, self.user_message)
             await self.graph.aupdate_state(self.config, {"messages": update})
         except Exception:
             log.exception("could not store the partial answer of %s", self.response_id)
@@ -357,12 +392,11 @@ class Answer:
     async def keep_heard_text(self, audio_end_ms: int) -> str:
         """response.truncate: the stored assistant turn becomes what the user heard."""
         text = self.heard_text(audio_end_ms)
-        state = await self.graph.aget_state(self.config)
-        messages = state.values.get("messages", []) if state and state.values else []
-        ids = [getattr(message, "id", None) for message in messages]
-        if self.user_message.id not in ids[:-1]:
+        messages, ids, _ = await self._history()
+        stored_at = self._stored_index(ids)
+        if stored_at is None:
             raise LookupError("the conversation does not hold this answer")
-        stored = messages[ids.index(self.user_message.id) + 1]
+        stored = messages[stored_at]
         if stored.id is not None and stored.content != text:
             update = [AIMessage(text, id=stored.id)]  # same id: the reducer replaces it
             await self.graph.aupdate_state(self.config, {"messages": update})

@@ -25,7 +25,7 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from voicechat import protocol
+from voicechat import events, protocol
 from voicechat.notice import RepeatedWarning
 from voicechat.settings import InputAudioSettings
 from voicechat.speech.scheduler import ECHO, SPECULATIVE, TURN, Job, SessionSTT, STTBusy
@@ -104,7 +104,7 @@ class TurnSettings:
 class Host(Protocol):
     """What the listener needs from its session."""
 
-    async def send(self, frame: dict[str, Any]) -> None: ...
+    async def emit(self, event: events.Event) -> None: ...
 
     def answer_playing(self) -> bool: ...
 
@@ -244,12 +244,12 @@ class Listener:
                 else:
                     await self._on_clear()
             except protocol.ProtocolError as exc:
-                await self.host.send(protocol.error(exc.code, exc.message))
+                await self.host.emit(events.Error(exc.code, exc.message))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug: report it, keep listening
                 log.exception("speech input failed")
-                await self.host.send(protocol.error(protocol.INTERNAL, f"speech input: {exc}"))
+                await self.host.emit(events.Error(protocol.INTERNAL, f"speech input: {exc}"))
 
     async def _on_audio(self, pcm16: bytes) -> None:
         self._audio += pcm16
@@ -296,13 +296,7 @@ class Listener:
                 self.stats.speculative_discarded += 1
             self._drop_speculation()
         elif isinstance(event, Stopped):
-            await self.host.send(
-                {
-                    "type": "input_audio.speech_stopped",
-                    "item_id": self._item_id,
-                    "audio_end_ms": event.end_ms,
-                }
-            )
+            await self.host.emit(events.SpeechStopped(self._item_id, event.end_ms))
             await self._end_turn(event.end_ms, event.truncated)
         elif isinstance(event, Candidate):
             await self._judge(event)
@@ -335,13 +329,7 @@ class Listener:
         self._item_id = uuid.uuid4().hex
         self._turn_from_ms = max(0, start_ms - PREFIX_MS)
         self._drop_speculation()
-        await self.host.send(
-            {
-                "type": "input_audio.speech_started",
-                "item_id": self._item_id,
-                "audio_start_ms": start_ms,
-            }
-        )
+        await self.host.emit(events.SpeechStarted(self._item_id, start_ms))
         if self.host.answer_playing():
             await self.host.interrupt()  # barge-in: the answer stops, the user has the floor
 
@@ -365,14 +353,7 @@ class Listener:
         audio = self._slice(self._turn_from_ms, end_ms)
         self._turn_ended = True
         self.stats.turns += 1
-        await self.host.send(
-            {
-                "type": "input_audio.committed",
-                "item_id": item_id,
-                "audio_ms": len(audio) // BYTES_PER_MS,
-                "truncated": truncated,
-            }
-        )
+        await self.host.emit(events.AudioCommitted(item_id, len(audio) // BYTES_PER_MS, truncated))
         speculation, self._speculation = self._speculation, None
         self._forget_until(end_ms)
         try:
@@ -389,10 +370,8 @@ class Listener:
             if speculation is not None:
                 speculation[1].cancel()
             self.stats.shed += 1
-            error = protocol.error(
-                STT_BUSY, f"speech recognition is busy ({exc}): this turn was not transcribed"
-            )
-            await self.host.send({**error, "item_id": item_id})
+            message = f"speech recognition is busy ({exc}): this turn was not transcribed"
+            await self.host.emit(events.Error(STT_BUSY, message, item_id=item_id))
             return
         # Transcribing runs beside the listener, which keeps hearing (a barge-in, the next
         # turn) however long the recognizer takes; turns are answered in the order they ended.
@@ -416,28 +395,21 @@ class Listener:
             job.cancel()  # (it may not have been awaited yet)
             raise
         except STTError as exc:
-            await self.host.send(
-                protocol.error(protocol.STT_FAILED, f"speech recognition failed: {exc}")
-            )
+            message = f"speech recognition failed: {exc}"
+            await self.host.emit(events.Error(protocol.STT_FAILED, message, item_id=item_id))
             return
         stt_ms = round(1000 * (time.perf_counter() - ended_at))
-        await self.host.send(
-            {
-                "type": "input_audio.transcript",
-                "item_id": item_id,
-                "text": transcript.text,
-                "language": transcript.language,
-                "stt_ms": stt_ms,
-            }
+        await self.host.emit(
+            events.Transcript(item_id, transcript.text, transcript.language, stt_ms)
         )
         if not words(transcript.text):
-            await self.host.send(protocol.error(protocol.NO_SPEECH, "no words heard in that turn"))
+            await self.host.emit(events.Error(protocol.NO_SPEECH, "no words heard in that turn"))
             return
         try:
             await self.host.user_turn(item_id, transcript.text, ended_at)
         except Exception as exc:  # a bug or a failing checkpointer: say so, keep listening
             log.exception("could not answer a spoken turn")
-            await self.host.send(protocol.error(protocol.INTERNAL, f"internal error: {exc}"))
+            await self.host.emit(events.Error(protocol.INTERNAL, f"internal error: {exc}"))
 
     async def _on_commit(self, truncated: bool = False) -> None:
         if self.settings.turn_mode == PUSH_TO_TALK:
@@ -468,7 +440,7 @@ class Listener:
         self._detector.reset()
         self._heard_speech, self._speech_run, self._turn_ended = False, 0, False
         self._forget_until(self.now_ms)
-        await self.host.send({"type": "input_audio.cleared"})
+        await self.host.emit(events.AudioCleared())
 
     # --- the audio kept ----------------------------------------------------------------------
 

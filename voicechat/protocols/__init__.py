@@ -1,0 +1,1 @@
+"""Wire protocols over the session core: protocol v1 and the OpenAI Realtime API."""
