@@ -24,7 +24,9 @@ from websockets.exceptions import ConnectionClosed
 
 from voicechat import events, protocol
 from voicechat.pipeline import CANCELLED, COMPLETED, FAILED, Answer, ClientGone
-from voicechat.speech.listener import Listener, TurnSettings
+from voicechat.speech.listener import STT_BUSY, Listener, TurnSettings
+from voicechat.speech.scheduler import TURN, SessionSTT, STTBusy
+from voicechat.speech.stt import STTError
 
 if TYPE_CHECKING:
     from voicechat.server import VoiceChatServer
@@ -94,6 +96,7 @@ class Session:
         self._last_activity = time.monotonic()  # the last message, or the end of the last answer
         # Speech input: made on the first audio (most sessions never send any).
         self._listener: Listener | None = None
+        self._item_stt: SessionSTT | None = None  # made on the first message with speech in it
         speech = server.speech
         self.turn_settings = TurnSettings.from_limits(
             config.input_audio, speech.language if speech else None
@@ -132,6 +135,8 @@ class Session:
         finally:
             if self._listener is not None:
                 await self._listener.aclose()
+            if self._item_stt is not None:
+                self._item_stt.close()
             await self._cancel_answer(notify=False)
             await asyncio.gather(*self._history_tasks, return_exceptions=True)
             writer.cancel()
@@ -229,16 +234,22 @@ class Session:
                 await graph.aupdate_state(config, {"messages": [RemoveMessage(id=target)]})
 
     async def transcribe(self, pcm16: bytes) -> str:
-        """Speech in a message (Realtime's input_audio content): its words."""
-        speech = self.server.speech
-        if speech is None:
+        """Speech in a message (Realtime's input_audio content): its words. It waits in the
+        same fair, bounded recognizer lines as spoken turns (speech/scheduler.py)."""
+        scheduler = self.server.stt_scheduler
+        if scheduler is None:
             raise protocol.ProtocolError(protocol.SPEECH_INPUT_OFF, "speech input is off")
+        if self._item_stt is None:
+            self._item_stt = scheduler.session()
         try:
-            transcript = await speech.stt.transcribe(pcm16, self.turn_settings.language)
-        except Exception as exc:
-            raise protocol.ProtocolError(
-                protocol.STT_FAILED, f"transcription failed: {exc}"
-            ) from exc
+            job = self._item_stt.transcribe(pcm16, self.turn_settings.language, TURN)
+        except STTBusy as exc:
+            raise protocol.ProtocolError(STT_BUSY, f"speech recognition is busy ({exc})") from None
+        try:
+            transcript = await job.future
+        except STTError as exc:
+            message = f"speech recognition failed: {exc}"
+            raise protocol.ProtocolError(protocol.STT_FAILED, message) from None
         return transcript.text
 
     async def cancel(self) -> None:

@@ -47,6 +47,9 @@ def default_model_path() -> Path:
     return path
 
 
+LLM_STALL_TIMEOUT_S = 180.0
+
+
 def llm_worker(
     model_path: Path,
     ready_timeout_s: float | None = None,
@@ -60,6 +63,9 @@ def llm_worker(
         {"model_path": str(model_path), "n_ctx": context_tokens},
         label="the local LLM",
         sigill_hint=LLAMA_SIGILL_HINT,
+        # Reading a long conversation (up to n_ctx tokens) sends nothing until the first token:
+        # minutes on a loaded 2-core machine (about 27 tokens/s seen), not a stall.
+        stall_timeout_s=LLM_STALL_TIMEOUT_S,
         **extra,
     )
 
