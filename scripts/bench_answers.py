@@ -7,7 +7,10 @@ each conversation on a fresh connection, turn after turn. The set holds the case
 "Say hello again in one short sentence." after a cancelled answer). Per configuration it prints:
 
   loops        answers whose text repeats more than 15 % of its word trigrams
-  mid-sentence answers whose spoken text does not end with a sentence mark (. ! ? … 。！？)
+  mid-sentence answers cut short (a limit or the loop guard: `truncated`) whose spoken text does
+               not end with a sentence mark (. ! ? … 。！？)
+  no end mark  answers that ended by themselves without a sentence mark (code, a trailing
+               "for example:"): not cut, but listed so that nothing is hidden
   silent       completed answers that sent no audio at all
   words        word count of the answer (response.done's text) p50 and max
   max repeat   the highest share of repeated word trigrams in any answer
@@ -23,6 +26,7 @@ Configurations:
     python scripts/bench_answers.py                       # before and after, Piper
     python scripts/bench_answers.py --tts tone after      # text metrics only, faster
     python scripts/bench_answers.py --json answers.json   # every answer, for reading
+    python scripts/bench_answers.py --from-json answers.json  # the table again, from a run
 """
 
 from __future__ import annotations
@@ -180,12 +184,15 @@ def judge(answer: dict[str, Any]) -> dict[str, Any]:
     text = done["text"]
     spoken = to_speech_text(text).strip()
     share = repeated_trigram_share(text)
+    unfinished = bool(spoken) and not ends_sentence(spoken)
+    cut = bool(done.get("truncated"))
     return {
         "status": done["status"],
         "words": len(words(text)),
         "repeat_share": round(share, 3),
         "loops": share > LOOP_SHARE,
-        "mid_sentence": bool(spoken) and not ends_sentence(spoken),
+        "mid_sentence": unfinished and cut,
+        "no_end_mark": unfinished and not cut and done["status"] == "completed",
         "silent": done["status"] == "completed" and answer["chunks"] == 0,
         "truncated": done.get("truncated"),
         "audio_s": round(done["metrics"]["audio_ms"] / 1000, 1),
@@ -201,6 +208,7 @@ def summary(answers: list[dict[str, Any]]) -> dict[str, Any]:
         "answers": count,
         "loops": sum(j["loops"] for j in counted),
         "mid_sentence": sum(j["mid_sentence"] for j in counted),
+        "no_end_mark": sum(j["no_end_mark"] for j in counted),
         "silent": sum(j["silent"] for j in counted),
         "words_p50": statistics.median(word_counts),
         "words_max": max(word_counts),
@@ -220,10 +228,16 @@ def main() -> None:
     parser.add_argument("configs", nargs="*", default=["before", "after"])
     parser.add_argument("--tts", default="piper", help="piper (default) or tone")
     parser.add_argument("--json", metavar="PATH", help="write every answer and its measures")
+    parser.add_argument("--from-json", metavar="PATH", help="judge the answers of an earlier run")
     args = parser.parse_args()
 
     results: dict[str, Any] = {}
-    for name in args.configs:
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as saved:
+            results = json.load(saved)
+        for result in results.values():
+            result["summary"] = summary(result["answers"])
+    for name in [] if args.from_json else args.configs:
         extra = {"before": BEFORE, "after": ""}.get(name, name)
         print(f"{name}: voicechat serve --tts {args.tts} {extra}", file=sys.stderr, flush=True)
         server, url = start_server(args.tts, shlex.split(extra))
@@ -240,20 +254,22 @@ def main() -> None:
             "answers": [{**answer, "measures": judge(answer)} for answer in answers],
         }
 
-    header = (
-        f"{'config':<10} {'answers':>7}  {'loops':>12}  {'mid-sentence':>12}  {'silent':>10}"
-        f"  {'words p50/max':>13}  {'max repeat':>10}  {'audio s p50/max':>15}  truncated"
-    )
-    print(header)
+    columns = ["loops", "mid-sentence", "silent", "no end mark"]
+    print(
+        f"{'config':<10} {'answers':>7}  " + "  ".join(f"{c:>12}" for c in columns)
+        + f"  {'words p50/max':>13}  {'max repeat':>10}  {'audio s p50/max':>15}  truncated"
+    )  # fmt: skip
     for name, result in results.items():
         s = result["summary"]
         n = s["answers"]
+        shares = [s[key] for key in ("loops", "mid_sentence", "silent", "no_end_mark")]
         print(
-            f"{name:<10} {n:>7}  {percent(s['loops'], n):>12}  {percent(s['mid_sentence'], n):>12}"
-            f"  {percent(s['silent'], n):>10}  {s['words_p50']:>6g}/{s['words_max']:<6}"
-            f"  {100 * s['max_repeat_share']:>9.0f}%  {s['audio_s_p50']:>7g}/{s['audio_s_max']:<7g}"
-            f"  {s['truncated'] or '-'}"
-        )
+            f"{name[:10]:<10} {n:>7}  " + "  ".join(f"{percent(k, n):>12}" for k in shares)
+            + f"  {s['words_p50']:>6g}/{s['words_max']:<6}  {100 * s['max_repeat_share']:>9.0f}%"
+            + f"  {s['audio_s_p50']:>7g}/{s['audio_s_max']:<7g}  {s['truncated'] or '-'}"
+        )  # fmt: skip
+        if name not in ("before", "after"):
+            print(f"{'':<10} ({result['flags']})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(results, out, indent=1, ensure_ascii=False)

@@ -3,6 +3,7 @@ keeps of it (real server on loopback; the scripted LLM and the tone voice are te
 
 from __future__ import annotations
 
+import asyncio
 import io
 from typing import Any
 
@@ -23,6 +24,7 @@ from voicechat.settings import EXIT_ANSWER_FAILED
 from .conftest import collect_answer, running_server, scripted_backend
 
 SPOKEN = "Here are two ideas. A stir fry is quick."
+REAL_MODEL_WAIT_S = 120.0  # 60 tokens of the real model on 2 busy cores take 3-30 s
 # Word-sized deltas, as a model streams them: two sentences, then a clause over and over.
 LOOPING = [
     word + " "
@@ -163,11 +165,13 @@ async def test_an_emoji_flood_is_cut_early_and_is_silent() -> None:
 async def test_the_embedded_model_cut_by_its_token_limit_ends_on_a_whole_sentence() -> None:
     """The real SmolLM2 with a small --max-tokens: the limit falls mid-sentence (finish_reason
     "length"); what is spoken and kept ends at the last whole sentence."""
-    from .test_backends import serving
+    from .test_backends import _until_done, serving
 
     async with serving(llm="local", tts="tone", stt="none", max_tokens=60) as server:
         async with ChatConnection(server.url) as conn:
-            events = await collect_answer(conn, "Tell me a long story about a dragon.")
+            await conn.send_user_message("Tell me a long story about a dragon.")
+            async with asyncio.timeout(REAL_MODEL_WAIT_S):
+                events = [event async for event in _until_done(conn)]
     done = events[-1]
     assert (done["status"], done.get("truncated")) == ("completed", "max_tokens")
     streamed = "".join(e["text"] for e in events if e["type"] == "text.delta")

@@ -217,12 +217,13 @@ class SpeechGate:
             return self._release_all(self.segmenter.feed(speech) + self.segmenter.flush())
         out: list[str] = []
         self._feed_speech(speech, out)
-        if self.stopped:
+        if self._ended:
             return out
         self.words.feed("", final=True)
         self._take(self.segmenter.flush(), out, final=True)
-        if not self.stopped:
+        if not self._ended:
             out.extend(self._release_held())
+        self._ended = True
         return out
 
     def cut(self, speech: str = "") -> list[str]:
