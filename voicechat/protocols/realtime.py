@@ -255,6 +255,11 @@ class RealtimeProtocol:
             fields["language"] = str(self.transcription["language"])
         if "turn_detection" in audio_in:
             fields.update(self._turn_fields(audio_in["turn_detection"]))
+        if self.core.server.speech is None:
+            # Clients send turn detection unasked (openai-agents always does; an error would end
+            # Pipecat's session): without speech input it is reported, not used; appends and
+            # commits still get the speech_input_off error.
+            fields = {}
         await self.core.update_turns(fields)
 
     def _turn_fields(self, detection: Any) -> dict[str, Any]:
