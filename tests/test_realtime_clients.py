@@ -281,3 +281,21 @@ async def test_pipecat_spoken_turn_is_heard_and_answered(speech: SpeechInput) ->
     assert len(heard) == 1 and "france" in heard[0].text.lower()
     assert text.split() == ANSWER_TEXT.split()
     assert np.abs(samples).max() > 1000
+
+
+async def test_pipecat_survives_an_answer_that_fails() -> None:
+    """An LLM failing mid-answer ends the response with status failed and the reason in its
+    status_details, never with an `error` event (Pipecat would end its session)."""
+    failing = scripted_backend(["Hello there. ", {"error": "the model fell over"}])
+    async with (
+        running_server(failing) as server,
+        pipecat_pipeline(server) as (worker, llm, up, down),
+    ):
+        context = LLMContext(messages=[{"role": "user", "content": "Say hello."}])
+        await worker.queue_frame(LLMContextFrame(context=context))
+        await down.wait_responses(1)
+        errors = up.of(ErrorFrame)
+        receive = llm._receive_task
+        assert receive is not None and not receive.done()  # its session goes on
+    # Pipecat reports a failed response's status_details.error.message itself:
+    assert len(errors) == 1 and "the model fell over" in errors[0].error

@@ -66,6 +66,7 @@ class _Response:
     metadata: dict[str, Any] | None
     transcript: list[str] = field(default_factory=list)
     resampler: tuple[int, Any] | None = None  # (input rate, soxr.ResampleStream)
+    error: dict[str, str] | None = None  # the last error of it (code, message), if it fails
 
 
 def _decode_pcm(audio: str, fmt: str) -> bytes:
@@ -638,11 +639,9 @@ class RealtimeProtocol:
             status = details["type"] = "incomplete"
             details["reason"] = "max_output_tokens"
         elif status == "cancelled":
-            details["reason"] = (
-                "turn_detected" if event.extra.get("interrupted") else "client_cancelled"
-            )
+            details["reason"] = "turn_detected" if event.interrupted else "client_cancelled"
         elif status == "failed":
-            details["error"] = {"type": "server_error", "code": event.extra.get("error_code")}
+            details["error"] = {"type": "server_error", **(response.error or {})}
         item_status = "completed" if status == "completed" else "incomplete"
         item = self._assistant_item(response, item_status, text)
         if response.item_id in self._items:  # (unless deleted meanwhile)
@@ -700,7 +699,11 @@ class RealtimeProtocol:
             ]
         if event.response_id is not None:
             # One lost unit (tts_failed) or a failed LLM: the response goes on or ends with
-            # status failed; an error event would end Pipecat's session.
+            # status failed (and this in its status_details); an error event would end
+            # Pipecat's session.
+            response = self._responses.get(event.response_id)
+            if response is not None:
+                response.error = {"code": event.code, "message": event.message}
             log.info("realtime session %s…: %s: %s", self.core.log_id, event.code, event.message)
             return []
         return [self._error(event.code, event.message)]
