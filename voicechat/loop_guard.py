@@ -50,7 +50,9 @@ MAX_REPEAT_SHARE = 0.15  # an answer's share of repeated trigrams may not pass t
 SHARE_MIN_TRIGRAMS = 12  # …once it has this many trigrams
 SYMBOL_RUN = 12  # emoji or symbols in a row (spaces and punctuation between allowed)
 MAX_HELD_CHARS = 400  # a sentence held back longer than this is spoken anyway
-WORDS_PER_SECOND = 2.6  # spoken English (Piper en_US voices at rate 1.0: about 2.6)
+# Spoken English: Piper's en_US-joe-medium at rate 1.0 said 3.2-3.3 words a second over the
+# answers of scripts/bench_answers.py (docs/performance.md).
+WORDS_PER_SECOND = 3.2
 CJK_PER_SECOND = 5.0  # CJK characters spoken per second
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -223,6 +225,8 @@ class SpeechGate:
         self._take(self.segmenter.flush(), out, final=True)
         if not self._ended:
             out.extend(self._release_held())
+        if self.stopped == MAX_SPEECH and not self.dropped:
+            self.stopped = None  # the budget was reached by the answer's last words: not cut
         self._ended = True
         return out
 

@@ -133,7 +133,7 @@ class PipelineSettings:
     # at its last whole sentence and never speaks an unfinished sentence at a limit; an answer
     # ends after the sentence that reaches `max_speech_s` of estimated speech (0: no budget).
     loop_guard: bool = True
-    max_speech_s: float = 40.0
+    max_speech_s: float = 30.0
     # Benchmarks: called with (event, perf_counter time, details) at each step of an answer:
     # "start" (the message arrived), "delta", "unit" (cut), "tts_start", "tts_end", "audio"
     # (a chunk queued for the client).
