@@ -193,7 +193,7 @@ class Session:
             async with asyncio.timeout(self.server.config.shutdown_grace_s):
                 if self._listener is not None:  # no spoken turn may start an answer now
                     await self._listener.aclose()
-                await self._cancel_answer(notify=True)
+                await self._stop_answer()
                 await self._outbound.join()
         except (TimeoutError, ClientGone):
             log.warning("session %s…: client too slow to flush on shutdown", self.log_id)
@@ -253,14 +253,22 @@ class Session:
         return transcript.text
 
     async def cancel(self) -> None:
-        """Stop the answer in flight; nothing in flight: nothing happens."""
+        """Stop the answer in flight, and spoken turns not answered yet; nothing in flight:
+        nothing happens."""
         self._drop_spoken_turns()
-        await self._cancel_answer(notify=True)
+        await self._stop_answer()
+
+    async def _stop_answer(self, *, interrupted: bool = False) -> None:
+        """The answer in flight ends now, with its response.done. Under the answer lock, like
+        every start and stop: two stops of one answer (a barge-in and the client's truncate)
+        cannot both send its end, and a new answer never starts before the old one's end."""
+        async with self._answer_lock:
+            await self._cancel_answer(notify=True, interrupted=interrupted)
         self._playing_until = 0.0  # the client stops its playback too
 
     async def resume(self, session_id: str) -> None:
         """Continue the conversation of an earlier session (e.g. after a reconnect)."""
-        await self._cancel_answer(notify=True)
+        await self._stop_answer()
         config = {"configurable": {"thread_id": session_id}}
         try:
             state = await self.server.backend.graph.aget_state(config)
@@ -285,8 +293,8 @@ class Session:
         An answer still in flight is refused, or cancelled first with `cancel_in_flight`."""
         answer = self._recent_answers.get(response_id)
         if answer is not None and answer is self._answer and self.answering:
-            if cancel_in_flight:
-                await self.cancel()
+            if cancel_in_flight:  # (spoken turns being transcribed are the user's: kept)
+                await self._stop_answer()
             else:
                 await self.emit(
                     events.Error(
@@ -429,9 +437,7 @@ class Session:
 
     async def interrupt(self) -> None:
         """The user started speaking over the answer: it ends now."""
-        async with self._answer_lock:
-            await self._cancel_answer(notify=True, interrupted=True)
-        self._playing_until = 0.0
+        await self._stop_answer(interrupted=True)
 
     # --- answers ---------------------------------------------------------------------------------
 
