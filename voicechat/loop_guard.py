@@ -106,8 +106,8 @@ class WordStream:
         self.ends: list[int] = []
         # Per token: the word trigram ending here was seen before; it counts (trigrams with a CJK
         # character do not: one character is no word, and its trigrams recur in plain prose).
-        self.repeat: list[bool] = []
-        self.counted: list[bool] = []
+        self._repeats = [0]  # repeated trigrams among the first i tokens (prefix sums)
+        self._counted = [0]
         self._seen: set[tuple[str, str, str]] = set()
         self._runs = [0] * (MAX_PERIOD + 1)  # per period p: matching words in a row so far
         self._pending = ""  # a word that may go on in the next piece
@@ -134,13 +134,12 @@ class WordStream:
         self.starts.append(start)
         self.ends.append(end)
         gram = (tokens[n - 2], tokens[n - 1], token) if n >= 2 else None
-        if gram is not None and not any(_is_cjk(word) for word in gram):
-            self.repeat.append(gram in self._seen)
-            self.counted.append(True)
-            self._seen.add(gram)
-        else:
-            self.repeat.append(False)
-            self.counted.append(False)
+        counted = gram is not None and not any(_is_cjk(word) for word in gram)
+        repeated = counted and gram in self._seen
+        if counted:
+            self._seen.add(gram)  # type: ignore[arg-type]
+        self._repeats.append(self._repeats[-1] + repeated)
+        self._counted.append(self._counted[-1] + counted)
         runs = self._runs
         for period in range(1, min(MAX_PERIOD, n) + 1):
             if tokens[n - period] == token:
@@ -159,7 +158,8 @@ class WordStream:
 
     def repeats_in(self, a: int, b: int) -> tuple[int, int]:
         """(repeated, counted) trigrams among those ending at tokens a..b-1."""
-        return sum(self.repeat[a:b]), sum(self.counted[a:b])
+        a = min(max(a, 0), b)
+        return self._repeats[b] - self._repeats[a], self._counted[b] - self._counted[a]
 
 
 class SpeechGate:
@@ -180,8 +180,10 @@ class SpeechGate:
         self.spoken: list[str] = []
         self.dropped = False  # text with speech in it was produced but not spoken
         self.spoken_s = 0.0
-        self._text = ""  # the speech text fed so far (units are located in it)
-        self._cursor = 0  # where the next unit is searched for
+        # The speech text from where the next unit is searched for (units are located in it);
+        # `_base` is its offset in all the speech text fed so far.
+        self._text = ""
+        self._base = 0
         self._held: list[tuple[str, int, int, int]] = []  # (unit, end, first token, end token)
         self._ended = False  # stopped, or cut by the caller's limit
         self._unit_words: set[tuple[str, ...]] = set()
@@ -276,7 +278,7 @@ class SpeechGate:
     def _feed_speech(self, speech: str, out: list[str]) -> None:
         if not speech:
             return
-        start = len(self._text)
+        start = self._base + len(self._text)
         self._text += speech
         self.words.feed(speech)
         loop_at = self.words.loop_at
@@ -290,12 +292,14 @@ class SpeechGate:
             self._stop(REPETITION, out, keep_whole=True, limit=loop_at)
 
     def _locate(self, unit: str) -> tuple[int, int, int]:
-        """(end offset, first token, end token) of the next unit in the text."""
-        start = self._text.find(unit, self._cursor)
-        if start < 0:  # cannot happen (units are stripped slices of the text); be safe
-            start = self._cursor
+        """(end offset, first token, end token) of the next unit in the text. The text up to
+        it is dropped: units come in order, so it is never searched again."""
+        found = self._text.find(unit)
+        at = max(found, 0)  # not found cannot happen (units are stripped slices of the text)
+        self._text = self._text[at + len(unit) :]
+        start = self._base + at
         end = start + len(unit)
-        self._cursor = end
+        self._base = end
         a, b = self.words.span(start, end)
         return end, a, b
 
