@@ -375,6 +375,21 @@ else
 fi
 # for scripts/test.sh (untracked): the interpreter itself, not a command PATH could change
 "$python" -c 'import sys; print(sys.executable)' >.voicechat-python
+
+# openai-agents, the realtime client of tests/test_realtime_clients.py, in an environment of its
+# own, as in a user's app: it requires websockets<17, and the server needs 17 (pyproject.toml).
+# Made with the Python chosen above; one made earlier with the same version is used again.
+if [ "${1:-}" = "test" ]; then
+  agents_venv="$PWD/.venv-agents"
+  make_agents_venv() {
+    if [ "$("$agents_venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$python_version" ]; then
+      "$python" -m venv --clear "$agents_venv"
+    fi
+    "$agents_venv/bin/python" -m pip install --quiet -r tests/agents-requirements.txt
+  }
+  run_step "making the openai-agents test client's environment: .venv-agents, from tests/agents-requirements.txt" \
+    make_agents_venv
+fi
 run_step "checking the installed program: voicechat --help" "$python" -m voicechat --help
 say "voicechat is installed (each step's output: $setup_log_dir)"
 

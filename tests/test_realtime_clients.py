@@ -1,6 +1,12 @@
 """`WS /v1/realtime` driven by the real clients beyond the official SDK: openai-agents' realtime
-model and Pipecat's `OpenAIRealtimeLLMService`, each in-process against a real server on
-loopback (versions pinned in the `test` extra; what each client needs: docs/realtime.md).
+model and Pipecat's `OpenAIRealtimeLLMService`, each against a real server on loopback (what each
+client needs: docs/realtime.md).
+
+Pipecat runs in-process (pinned in the `test` extra). openai-agents 0.24.0 requires
+websockets<17, which the server cannot run on, so it runs as a user's app would, in an
+environment of its own: tests/realtime_agents_client.py, with the Python of .venv-agents (made by
+`bash scripts/setup.sh test` from tests/agents-requirements.txt), as a child process of the test
+that prints what it saw as JSON lines; the server stays in the test's process.
 
 Both are strict: openai-agents validates every server event against the SDK's pydantic models
 and reports one it rejects as an `error` event; Pipecat validates with its own models and ends
@@ -13,14 +19,17 @@ Whisper tiny.en in their worker processes (tests/speech_server.py).
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import pytest_asyncio
-from agents.realtime import RealtimeAgent, RealtimeRunner, RealtimeSession
 from pipecat.frames.frames import (
     EndFrame,
     ErrorFrame,
@@ -45,6 +54,7 @@ from voicechat.server import VoiceChatServer
 from voicechat.speech import SpeechInput
 
 from .conftest import WAIT_S, running_server, scripted_backend
+from .process_guard import spawn, stop
 from .speech_fixtures import pad, spoken_pcm
 from .speech_server import speech_input
 from .test_realtime import ANSWER, ANSWER_TEXT, RESPONSE_ORDER, collapse
@@ -76,91 +86,116 @@ def tone_samples(units: list[str]) -> int:
 # --- openai-agents ------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def agent_session(server: VoiceChatServer) -> AsyncIterator[RealtimeSession]:
-    runner = RealtimeRunner(RealtimeAgent(name="voice", instructions="Be brief."))
+AGENTS_PYTHON = Path(__file__).resolve().parents[1] / ".venv-agents" / "bin" / "python"
+AGENTS_CLIENT = Path(__file__).with_name("realtime_agents_client.py")
+AGENTS_REQUIREMENTS = Path(__file__).with_name("agents-requirements.txt")
+AGENTS_START_S = 30.0  # on top of the turn's WAIT_S: importing openai-agents, connecting
+
+needs_agents_venv = pytest.mark.skipif(
+    not AGENTS_PYTHON.exists(),
+    reason="no .venv-agents, the environment openai-agents runs in: run bash scripts/setup.sh test",
+)
+
+
+def pinned(requirements: Path) -> dict[str, str]:
+    """`name==version` lines of a requirements file, by name."""
+    lines = (line.split("#")[0].strip() for line in requirements.read_text().splitlines())
+    return dict(line.split("==", 1) for line in lines if line)
+
+
+async def agent_turn(
+    server: VoiceChatServer, folder: Path, audio: bytes | None = None
+) -> tuple[list[dict[str, Any]], bytes]:
+    """One turn of openai-agents' client in .venv-agents (tests/realtime_agents_client.py): a
+    typed one, or `audio` spoken. Every session event it saw up to and including the turn's
+    agent_end, and the answer's audio. The client is killed if it outlives the test."""
     url = f"ws://127.0.0.1:{server.port}/v1/realtime"
-    session = await runner.run(model_config={"url": url, "api_key": "sk-local"})
-    async with session:
-        yield session
+    out, err, answer = folder / "client.jsonl", folder / "client.err", folder / "answer.pcm"
+    args: list[str | Path] = [AGENTS_PYTHON, "-I", AGENTS_CLIENT, url, "--audio-out", answer]
+    args += ["--timeout", str(WAIT_S)]
+    if audio is not None:
+        (folder / "question.pcm").write_bytes(audio)
+        args += ["--audio", folder / "question.pcm"]
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        client = spawn(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    try:
+        code = await asyncio.to_thread(client.wait, WAIT_S + AGENTS_START_S)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        await asyncio.to_thread(stop, client)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 0, f"the client ended with {code}: {lines[-3:]}\n{err.read_text()[-3000:]}"
+    versions = lines.pop(0)
+    assert versions["type"] == "versions"
+    # The versions pinned, and the same openai SDK (pydantic models) as the main environment:
+    for name, version in pinned(AGENTS_REQUIREMENTS).items():
+        assert versions[name] == version, f"{name}: stale .venv-agents? run setup.sh test"
+    assert versions["openai"] == importlib.metadata.version("openai")
+    pcm = answer.read_bytes()
+    assert len(pcm) == sum(line.get("bytes", 0) for line in lines)
+    return lines, pcm
 
 
-async def agent_turn(session: RealtimeSession) -> list[Any]:
-    """Every session event up to and including the turn's agent_end."""
-    events: list[Any] = []
-    async with asyncio.timeout(WAIT_S):
-        async for event in session:
-            events.append(event)
-            if event.type == "agent_end":
-                return events
-    raise AssertionError(f"the session ended first: {[e.type for e in events]}")
-
-
-def rejected(events: list[Any]) -> list[Any]:
+def rejected(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The errors openai-agents reported: server events its validation rejected, error events."""
-    return [
-        event
-        for event in events
-        if event.type == "error"
-        or (event.type == "raw_model_event" and event.data.type in ("error", "exception"))
-    ]
+    return [e for e in events if e["type"] == "error" or e.get("model") in ("error", "exception")]
 
 
-def model_events(events: list[Any], kind: str) -> list[Any]:
-    """The model layer's events of one type (raw_server_event: the server's JSON, as sent)."""
-    return [e.data for e in events if e.type == "raw_model_event" and e.data.type == kind]
+def model_events(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The model layer's events of one type (raw_server_event: one of the server's events)."""
+    return [e for e in events if e.get("model") == kind]
 
 
-def server_types(events: list[Any]) -> list[str]:
-    return [e.data["type"] for e in model_events(events, "raw_server_event")]
+def server_types(events: list[dict[str, Any]]) -> list[str]:
+    """The server's events in order, but session.updated: openai-agents sends a session.update
+    (its tracing setting) when session.created reaches it, so a message sent right after connect
+    can come before it and the server's session.updated in the middle of the answer."""
+    kinds = [e["server"] for e in model_events(events, "raw_server_event")]
+    return [kind for kind in kinds if kind != "session.updated"]
 
 
-def agent_audio(events: list[Any]) -> np.ndarray:
-    pcm = b"".join(e.audio.data for e in events if e.type == "audio")
+def agent_audio(events: list[dict[str, Any]], pcm: bytes) -> np.ndarray:
+    """The answer's samples, in the PCM16 at 24 kHz that the session's output format says."""
+    formats = [e["output_format"] for e in events if e.get("output_format")]
+    assert formats and formats[-1] == {"type": "audio/pcm", "rate": RATE}
     assert len(pcm) % 2 == 0
     return np.frombuffer(pcm, "<i2")
 
 
-async def test_openai_agents_typed_turn_hears_the_answer() -> None:
-    async with (
-        running_server(scripted_backend(ANSWER)) as server,
-        agent_session(server) as session,
-    ):
-        await session.send_message("Say hello.")
-        events = await agent_turn(session)
+@needs_agents_venv
+async def test_openai_agents_typed_turn_hears_the_answer(tmp_path: Path) -> None:
+    async with running_server(scripted_backend(ANSWER)) as server:
+        events, pcm = await agent_turn(server, tmp_path)
     assert rejected(events) == []
     kinds = server_types(events)
     answer = kinds[kinds.index("response.created") :]
     assert collapse(answer) == RESPONSE_ORDER
-    units = [e.delta for e in model_events(events, "transcript_delta")]
+    units = [e["delta"] for e in model_events(events, "transcript_delta")]
     assert "".join(units).split() == ANSWER_TEXT.split()
-    samples = agent_audio(events)
+    samples = agent_audio(events, pcm)
     assert np.abs(samples).max() > 1000
     assert abs(len(samples) - tone_samples(units)) <= 8 * len(units)  # all of it, at 24 kHz
-    types = [e.type for e in events]
+    types = [e["type"] for e in events]
     assert types.index("audio_end") > max(i for i, t in enumerate(types) if t == "audio")
-    history = [e.history for e in events if e.type == "history_updated"][-1]
-    said = [item for item in history if item.role == "assistant"]
-    assert len(said) == 1 and said[0].content[0].transcript.split() == ANSWER_TEXT.split()
+    said = [e["assistant"] for e in events if e["type"] == "history_updated"][-1]
+    assert len(said) == 1 and said[0][0].split() == ANSWER_TEXT.split()
 
 
-async def test_openai_agents_spoken_turn_is_heard_and_answered(speech: SpeechInput) -> None:
-    async with (
-        running_server(scripted_backend(ANSWER), speech=speech) as server,
-        agent_session(server) as session,
-    ):
-        audio = spoken_question()
-        for start in range(0, len(audio), CHUNK_BYTES):
-            await session.send_audio(audio[start : start + CHUNK_BYTES])
-        events = await agent_turn(session)
+@needs_agents_venv
+async def test_openai_agents_spoken_turn_is_heard_and_answered(
+    speech: SpeechInput, tmp_path: Path
+) -> None:
+    async with running_server(scripted_backend(ANSWER), speech=speech) as server:
+        events, pcm = await agent_turn(server, tmp_path, spoken_question())
     assert rejected(events) == []
     kinds = server_types(events)
     assert kinds.index("input_audio_buffer.speech_started") < kinds.index("response.created")
     heard = model_events(events, "input_audio_transcription_completed")
-    assert len(heard) == 1 and "france" in heard[0].transcript.lower()
+    assert len(heard) == 1 and "france" in heard[0]["transcript"].lower()
     assert collapse(kinds[kinds.index("response.created") :]) == RESPONSE_ORDER
-    assert np.abs(agent_audio(events)).max() > 1000
-    assert "audio_end" in [e.type for e in events]
+    assert np.abs(agent_audio(events, pcm)).max() > 1000
+    assert "audio_end" in [e["type"] for e in events]
 
 
 # --- Pipecat ------------------------------------------------------------------------------------
