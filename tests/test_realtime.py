@@ -90,6 +90,18 @@ async def realtime(server: Any, **connect: Any) -> AsyncIterator[tuple[Any, Reco
     await client.close()
 
 
+def user_item(text: str, item_id: str | None = None) -> dict[str, Any]:
+    """A typed user message, as conversation.item.create carries it."""
+    item: dict[str, Any] = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": text}],
+    }
+    if item_id is not None:
+        item["id"] = item_id
+    return item
+
+
 def pcm_of(events: list[dict[str, Any]]) -> bytes:
     return b"".join(
         base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"
@@ -109,14 +121,7 @@ async def test_a_typed_turn_is_answered_with_raw_pcm_and_its_transcript() -> Non
     async with running_server(scripted_backend(ANSWER)) as server, realtime(server) as (conn, rec):
         await conn.session.update(session={"type": "realtime", "instructions": "Be brief."})
         assert (await rec.until("session.updated"))[-1]["session"]["instructions"] == "Be brief."
-        await conn.conversation.item.create(
-            item={
-                "id": "item_question",
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Say hello."}],
-            }
-        )
+        await conn.conversation.item.create(item=user_item("Say hello.", "item_question"))
         added = await rec.until("conversation.item.done")
         assert added[0]["type"] == "conversation.item.added"
         assert added[0]["item"]["id"] == "item_question"  # the client's id, echoed
@@ -148,13 +153,7 @@ async def test_a_typed_turn_is_answered_with_raw_pcm_and_its_transcript() -> Non
 
 async def test_an_item_alone_is_not_answered() -> None:
     async with running_server(scripted_backend(ANSWER)) as server, realtime(server) as (conn, rec):
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Hi"}],
-            }
-        )
+        await conn.conversation.item.create(item=user_item("Hi"))
         await rec.until("conversation.item.done")
         await conn.conversation.item.retrieve(item_id=rec.events[-1]["item"]["id"])
         retrieved = (await rec.until("conversation.item.retrieved"))[-1]
@@ -165,13 +164,7 @@ async def test_an_item_alone_is_not_answered() -> None:
 
 async def test_text_only_responses_have_no_audio() -> None:
     async with running_server(scripted_backend(ANSWER)) as server, realtime(server) as (conn, rec):
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Hi"}],
-            }
-        )
+        await conn.conversation.item.create(item=user_item("Hi"))
         await conn.response.create(response={"output_modalities": ["text"]})
         answer = await rec.until("response.done")
         kinds = {e["type"] for e in answer}
@@ -187,13 +180,7 @@ async def test_cancel_ends_the_response_and_nothing_of_it_follows() -> None:
         running_server(scripted_backend(ANSWER), tts) as server,
         realtime(server) as (conn, rec),
     ):
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Hi"}],
-            }
-        )
+        await conn.conversation.item.create(item=user_item("Hi"))
         await conn.response.create()
         await rec.until("response.output_audio_transcript.delta")
         await conn.response.cancel()
@@ -214,13 +201,7 @@ async def test_a_second_response_create_while_one_runs_gets_the_tolerated_error(
         running_server(scripted_backend(ANSWER), tts) as server,
         realtime(server) as (conn, rec),
     ):
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Hi"}],
-            }
-        )
+        await conn.conversation.item.create(item=user_item("Hi"))
         await conn.response.create()
         await rec.until("response.created")
         await conn.response.create()
@@ -236,13 +217,7 @@ async def test_truncate_in_flight_stops_the_answer_and_keeps_what_was_heard() ->
         running_server(scripted_backend(ANSWER), tts) as server,
         realtime(server) as (conn, rec),
     ):
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Hi"}],
-            }
-        )
+        await conn.conversation.item.create(item=user_item("Hi"))
         await conn.response.create()
         first = await rec.until("response.output_audio_transcript.delta")
         item_id = next(e for e in first if e["type"] == "response.output_item.added")["item"]["id"]
@@ -270,14 +245,7 @@ async def test_truncate_in_flight_stops_the_answer_and_keeps_what_was_heard() ->
 async def test_delete_takes_an_item_out_of_the_history() -> None:
     async with running_server(scripted_backend(ANSWER)) as server, realtime(server) as (conn, rec):
         for text in ("First", "Second"):
-            await conn.conversation.item.create(
-                item={
-                    "id": f"item_{text}",
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": text}],
-                }
-            )
+            await conn.conversation.item.create(item=user_item(text, f"item_{text}"))
             await rec.until("conversation.item.done")
         await conn.conversation.item.delete(item_id="item_First")
         await rec.until("conversation.item.deleted")
@@ -297,13 +265,7 @@ async def test_g711_output_is_8khz_mu_law() -> None:
         )
         updated = (await rec.until("session.updated"))[-1]
         assert updated["session"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Hi"}],
-            }
-        )
+        await conn.conversation.item.create(item=user_item("Hi"))
         await conn.response.create()
         answer = await rec.until("response.done")
         ulaw = pcm_of(answer)
@@ -317,13 +279,7 @@ async def test_bad_events_get_an_error_and_the_session_goes_on() -> None:
         assert (await rec.until("error"))[-1]["error"]["code"] == "invalid_event"
         await conn.input_audio_buffer.append(audio="not base64!")
         assert (await rec.until("error"))[-1]["error"]["param"] == "audio"
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Hi"}],
-            }
-        )
+        await conn.conversation.item.create(item=user_item("Hi"))
         await conn.response.create()
         assert (await rec.until("response.done"))[-1]["response"]["status"] == "completed"
 

@@ -24,7 +24,7 @@ from voicechat.speech import SpeechInput
 from .conftest import WAIT_S, gated_backend, running_server, scripted_backend
 from .speech_fixtures import pad, spoken_pcm
 from .speech_server import speech_input
-from .test_realtime import RESPONSE_ORDER, Recorder, collapse, pcm_of, realtime
+from .test_realtime import RESPONSE_ORDER, Recorder, collapse, pcm_of, realtime, user_item
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -164,13 +164,7 @@ async def test_speech_over_an_answer_cancels_it_and_truncate_keeps_what_was_hear
         ) as server,
         realtime(server) as (conn, rec),
     ):
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Tell me about Paris."}],
-            }
-        )
+        await conn.conversation.item.create(item=user_item("Tell me about Paris."))
         await conn.response.create()
         first = await rec.until("response.output_audio.delta")
         created = of(first, "response.created")["response"]["id"]
@@ -214,13 +208,7 @@ async def test_the_embedded_models_answer_a_typed_question_with_speech() -> None
         backends = await open_backends(BackendOptions(max_tokens=48, stt="none"), stack)
         async with running_server(backends.chat, backends.tts) as server:
             async with realtime(server) as (conn, rec):
-                await conn.conversation.item.create(
-                    item={
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": QUESTION}],
-                    }
-                )
+                await conn.conversation.item.create(item=user_item(QUESTION))
                 await rec.until("conversation.item.done")
                 await conn.response.create()
                 answer: list[dict[str, Any]] = []
