@@ -334,6 +334,16 @@ class Answer:
         of it when it ended early."""
         return self.text if self.kept_text is None else self.kept_text
 
+    @property
+    def history_text(self) -> str:
+        """What the conversation keeps of an answer that ended early (cancelled, failed, cut
+        by a limit): what was spoken. A small model given its own unfinished text repeats it
+        in the next answer (docs/performance.md), so the text generated beyond the units whose
+        audio was sent is not kept. A text-only answer keeps its text."""
+        if self.kept_text is not None or not self.options.speak:
+            return self.answer_text
+        return " ".join(text for _, text in self.unit_starts)
+
     def done_fields(self, status: str) -> dict[str, Any]:
         """response.done's optional fields: `truncated` (which limit or guard ended it early)
         and `silent` (it completed with nothing to say aloud: only emoji, symbols or code)."""
@@ -357,7 +367,11 @@ class Answer:
     async def keep_partial_text(self) -> None:
         """After a cancel or failure: keep the user's message and what was said, so every user
         message is in the history exactly once and turns alternate. An answer cancelled before
-        the graph even started stores its user message and an empty assistant turn."""
+        the graph even started stores its user message and an empty assistant turn.
+
+        What was said is `history_text`: the speech units whose audio had been sent, not the
+        text generated beyond them (response.done still reports that text, as protocol v1 has)."""
+        text = self.history_text
         try:
             messages, ids, uncommitted = await self._history()
             stored_at = self._stored_index(ids)
@@ -369,14 +383,14 @@ class Answer:
                 # The node finished and stored the answer after the user's message; when the
                 # model's token limit cut it, only what was spoken stays (same id: replaced).
                 stored = messages[stored_at]
-                if self.kept_text is not None and stored.id and stored.content != self.kept_text:
-                    update = [AIMessage(self.kept_text, id=stored.id)]
+                if stored.id and stored.content != text:
+                    update = [AIMessage(text, id=stored.id)]
                     await self.graph.aupdate_state(self.config, {"messages": update})
                 return
             # The user's message goes in again with its id: the reducer replaces it where the
             # graph had stored it, and appends it where it had not (cancelled before the graph
             # ran, or while its input was only a pending write, which this update supersedes).
-            update: list[BaseMessage] = [AIMessage(self.answer_text)]
+            update: list[BaseMessage] = [AIMessage(text)]
             if self.user_message is not None:
                 update.insert(0, self.user_message)
             await self.graph.aupdate_state(self.config, {"messages": update})
