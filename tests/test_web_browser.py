@@ -51,7 +51,7 @@ from .browser import (
     until,
     write_spoken_wav,
 )
-from .conftest import WAIT_S, running_server, scripted_backend
+from .conftest import WAIT_S, gated_backend, running_server, scripted_backend
 from .process_guard import owned_tempdir
 from .test_talk import memory_bot_server
 
@@ -603,8 +603,13 @@ async def test_a_restarted_server_that_forgot_us_gives_a_new_conversation(page: 
 
 
 async def test_a_lost_connection_silences_the_answer_at_once(page: Any) -> None:
+    # The answer's last words wait for a gate never opened: it is surely in flight when the
+    # server goes, however slowly this machine plays the first sentence.
+    backend = gated_backend(
+        ["One sentence is spoken first.", " And", " never finished."], asyncio.Event()
+    )
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(running_server(scripted_backend(SLOW), ToneTTS()))
+        server = await stack.enter_async_context(running_server(backend, ToneTTS()))
         await open_chat(page, server.page_url)
         await send(page, "Talk for a while")
         lost = await playing(page, 1)
