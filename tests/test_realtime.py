@@ -302,3 +302,20 @@ async def test_token_by_bearer_header_and_by_browser_subprotocol() -> None:
             with pytest.raises(websockets.ConnectionClosed) as refused:
                 await ws.recv()
         assert refused.value.rcvd is not None and refused.value.rcvd.code == 1008
+
+
+async def test_a_failing_command_is_an_error_and_the_session_goes_on(monkeypatch: Any) -> None:
+    from voicechat.session import Session
+
+    async def broken(self: Any, message: Any) -> None:
+        raise RuntimeError("the checkpointer is down")
+
+    async with running_server(scripted_backend(ANSWER)) as server, realtime(server) as (conn, rec):
+        with monkeypatch.context() as patch:
+            patch.setattr(Session, "add_message", broken)
+            await conn.conversation.item.create(item=user_item("Hi"))
+            error = (await rec.until("error"))[-1]["error"]
+        assert error["type"] == "server_error" and "checkpointer is down" in error["message"]
+        await conn.conversation.item.create(item=user_item("Hi"))
+        await conn.response.create()
+        assert (await rec.until("response.done"))[-1]["response"]["status"] == "completed"

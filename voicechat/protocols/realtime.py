@@ -8,6 +8,7 @@ resampled with soxr to and from the engines' rates (16 kHz in; the voice's rate 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -23,6 +24,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from voicechat import events, protocol
 from voicechat.audio import g711
+from voicechat.pipeline import ClientGone
 from voicechat.session import Session
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,7 @@ class RealtimeProtocol:
     # --- client events ----------------------------------------------------------------------
 
     async def receive(self, frame: str | bytes, arrived_at: float) -> None:
-        client_event_id = None
+        client_event_id, kind = None, "an event"
         try:
             try:
                 data = json.loads(frame)
@@ -201,6 +203,12 @@ class RealtimeProtocol:
             )
         except protocol.ProtocolError as exc:  # the core's own checks (sizes, rates)
             await self.core.send_frame(self._error(exc.code, exc.message, None, client_event_id))
+        except (ClientGone, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug, or a checkpointer that failed: say so, keep serving
+            log.exception("realtime session %s…: %s failed", self.core.log_id, kind)
+            error = self._error(protocol.INTERNAL, f"internal error: {exc}", None, client_event_id)
+            await self.core.send_frame(error)
 
     @staticmethod
     def _error(
