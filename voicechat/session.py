@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Protocol
 
-from langchain_core.messages import BaseMessage, RemoveMessage
+from langchain_core.messages import BaseMessage, HumanMessage, RemoveMessage
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -427,8 +427,6 @@ class Session:
         if self.auto_respond:
             await self._start_answer(text, item_id, ended_at, message_id=item_id, spoken=True)
         else:
-            from langchain_core.messages import HumanMessage
-
             await self.add_message(HumanMessage(text, id=item_id))
 
     def _drop_spoken_turns(self) -> None:
