@@ -475,12 +475,12 @@ class RealtimeProtocol:
     # --- core events -> Realtime events -------------------------------------------------------
 
     def encode(self, event: events.Event | dict[str, Any]) -> list[str]:
-        frames = event if isinstance(event, list) else self._map(event)
-        out = []
+        """The Realtime events of one core event (or an adapter's own frame), each with an
+        `event_id`, which the strict clients require."""
+        frames = self._map(event)
         for frame in frames:
             frame.setdefault("event_id", _event_id())
-            out.append(protocol.encode(frame))
-        return out
+        return [protocol.encode(frame) for frame in frames]
 
     def _map(self, event: events.Event | dict[str, Any]) -> list[dict[str, Any]]:
         if isinstance(event, dict):
