@@ -101,6 +101,7 @@ class Answer:
         self.settings = settings
         self.options = options or ResponseOptions()
         self.interrupted = False  # cancelled because the user spoke over it (set by the session)
+        self.completed = False  # it ran to its end: all its text generated, all its audio sent
         self.started_at = time.perf_counter() if started_at is None else started_at
         self.text = ""  # the LLM's text exactly as generated
         # What was spoken, when the answer ended early (a loop, the speech budget, a token limit)
@@ -171,6 +172,7 @@ class Answer:
                 )
                 return FAILED
             units.put_nowait(None)
+        self.completed = True
         return COMPLETED
 
     async def _stream_text(
@@ -339,8 +341,9 @@ class Answer:
         """What the conversation keeps of an answer that ended early (cancelled, failed, cut
         by a limit): what was spoken. A small model given its own unfinished text repeats it
         in the next answer (docs/performance.md), so the text generated beyond the units whose
-        audio was sent is not kept. A text-only answer keeps its text."""
-        if self.kept_text is not None or not self.options.speak:
+        audio was sent is not kept. An answer that ran to its end (a limit may have cut its
+        text) and a text-only answer keep their text."""
+        if self.kept_text is not None or not self.options.speak or self.completed:
             return self.answer_text
         return " ".join(text for _, text in self.unit_starts)
 
