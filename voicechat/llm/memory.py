@@ -52,19 +52,29 @@ class BoundedMemorySaver(InMemorySaver):
 SETUP_ATTEMPTS = 5
 
 
+# Any fixed 64-bit number: the advisory lock every voicechat server takes around setup().
+SETUP_LOCK_KEY = 0x766F696365636874  # "voicecht"
+
+
 async def _set_up_postgres(saver: Any) -> None:
     """Create the checkpointer's tables if missing. LangGraph's setup() is idempotent but not
-    safe to run twice at the same instant: servers starting together on a new database collide
-    on a duplicate key or name. The loser runs it again: by then the tables are there (or
-    further along), and setup() goes on from the migration it finds."""
+    safe to run twice at the same instant: servers starting together on a new database collided
+    on a duplicate key or name, or deadlocked (seen on a loaded machine). So they take turns: a
+    PostgreSQL advisory lock, held by this connection's session, around setup(). Should a
+    collision still happen (a server of another version, without the lock), the loser runs it
+    again: by then the tables are there, and setup() goes on from the migration it finds."""
     import psycopg
 
     for attempt in range(1, SETUP_ATTEMPTS + 1):
         try:
-            await saver.setup()
+            await saver.conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+            try:
+                await saver.setup()
+            finally:
+                await saver.conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
             return
         except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject,
-                psycopg.errors.DuplicateTable):  # fmt: skip
+                psycopg.errors.DuplicateTable, psycopg.errors.DeadlockDetected):  # fmt: skip
             if attempt == SETUP_ATTEMPTS:
                 raise
             await asyncio.sleep(0.1 * attempt)
