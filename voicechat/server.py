@@ -54,7 +54,14 @@ CHAT_PATHS = (protocol.CHAT_PATH, realtime.PATH)  # the WebSocket endpoints, one
 
 # File descriptors for everything but client connections: worker pipes, the Fish Speech pool
 # (16), SQLite, logs, the listening socket. Added to the caps when sizing the open-file limit.
-FD_RESERVE = 128
+FD_BASE = 64
+# asyncio's accept loop takes up to `backlog` sockets per loop iteration, before any of their
+# protocols runs (and before the handshake cap can drop one). On a starved CPU a few such bursts
+# are in flight at once, with the dropped sockets' descriptors not yet closed; the reserve holds
+# this many bursts.
+ACCEPT_BURSTS = 3
+DEFAULT_BACKLOG = 100  # asyncio's default
+FD_RESERVE = FD_BASE + ACCEPT_BURSTS * DEFAULT_BACKLOG  # 364 with an ample open-file limit
 CAP_NOTICE_INTERVAL_S = 60.0  # a cap that keeps refusing logs one line per this interval
 
 
@@ -166,10 +173,20 @@ def raise_fd_limit(needed: int) -> int | None:
     return soft
 
 
+def accept_backlog(fd_limit: int | None) -> int:
+    """The listen backlog, which is also asyncio's accept burst: smaller under a tight open-file
+    limit, so that bursts in flight cannot exhaust it (issue 15's `out of system resource`)."""
+    if fd_limit is None:
+        return DEFAULT_BACKLOG
+    return max(8, min(DEFAULT_BACKLOG, (fd_limit - FD_BASE) // 8))
+
+
 def fit_caps(max_connections: int, max_handshakes: int, fd_limit: int | None) -> tuple[int, int]:
-    """The two connection caps, scaled down together when `fd_limit` cannot hold them."""
+    """The two connection caps, scaled down together when `fd_limit` cannot hold them with the
+    reserve (FD_BASE and the accept bursts)."""
     wanted = max_connections + max_handshakes
-    budget = None if fd_limit is None else fd_limit - FD_RESERVE
+    reserve = FD_BASE + ACCEPT_BURSTS * accept_backlog(fd_limit)
+    budget = None if fd_limit is None else fd_limit - reserve
     if budget is None or wanted <= budget:
         return max_connections, max_handshakes
     scale = max(budget, 2) / wanted
@@ -337,6 +354,7 @@ class VoiceChatServer:
             select_subprotocol=_select_subprotocol,
             server_header=None,
             reuse_port=config.reuse_port or None,
+            backlog=accept_backlog(fd_limit),
         )
         self.metrics.publish(self.health())
         if self.metrics.shared_dir is not None:
