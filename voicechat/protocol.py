@@ -127,6 +127,8 @@ INPUT_RATE = 16000
 MAX_APPEND_SAMPLES = INPUT_RATE  # one input_audio.append carries at most 1 s
 _MAX_APPEND_BASE64 = 4 * -(-MAX_APPEND_SAMPLES * 2 // 3)
 TURN_MODES = ("server_vad", "push_to_talk")
+TURN_DETECTIONS = ("semantic", "silence")  # server_vad: what ends a turn
+EAGERNESS = ("low", "medium", "high")  # semantic: how soon
 # session.update: field -> (type, lowest, highest) for numbers
 _SESSION_INTS = {"silence_ms": (200, 3000), "barge_in_ms": (0, 5000)}
 MAX_LANGUAGE_CHARS = 16
@@ -159,6 +161,11 @@ def _session_update(data: dict[str, Any]) -> UpdateSession:
         if data["turn_mode"] not in TURN_MODES:
             raise ProtocolError(BAD_MESSAGE, f"'turn_mode' must be one of {', '.join(TURN_MODES)}")
         fields["turn_mode"] = data["turn_mode"]
+    for name, choices in (("turn_detection", TURN_DETECTIONS), ("eagerness", EAGERNESS)):
+        if name in data:
+            if data[name] not in choices:
+                raise ProtocolError(BAD_MESSAGE, f"'{name}' must be one of {', '.join(choices)}")
+            fields[name] = data[name]
     for name, (lowest, highest) in _SESSION_INTS.items():
         if name in data:
             value = data[name]

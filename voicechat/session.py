@@ -56,6 +56,22 @@ class ProtocolAdapter(Protocol):
     def encode(self, payload: events.Event | dict[str, Any]) -> list[str]: ...
 
 
+class HeldAnswer:
+    """An answer started on a pause's transcript before the turn was confirmed (preemptive):
+    its frames wait here, in order, unseen by the client, until the turn ends at that pause
+    (release) or the user goes on (dropped: the client and the history never see it). At most
+    `limit` frames wait; then the answer waits too."""
+
+    def __init__(self, answer: Answer, item_id: str, limit: int) -> None:
+        self.answer = answer
+        self.item_id = item_id
+        self.items: list[Outbound] = []
+        self.status: str | None = None  # the answer ended while held: its end is built at release
+        self.limit = limit
+        self.room = asyncio.Event()  # set when frames may be added (released, or not full)
+        self.room.set()
+
+
 class SlowClient(ClientGone):
     """The client left the outbound queue full for too long; it is being disconnected."""
 
@@ -104,6 +120,8 @@ class Session:
         self._audio_allowance = config.input_audio.burst_s  # seconds of audio, token bucket
         self._audio_refill_at = time.monotonic()
         self._playing_until = 0.0  # when the audio sent so far ends playing at the client
+        self._paused_at: float | None = None  # playback held at the client since (monotonic)
+        self._held: HeldAnswer | None = None  # a preemptive answer not released yet
         self._answer_lock = asyncio.Lock()  # a typed and a spoken turn never start together
         # A truncation may name one of the last few answers (a new turn may have begun before
         # the client's report of what it heard arrives).
@@ -264,7 +282,7 @@ class Session:
         cannot both send its end, and a new answer never starts before the old one's end."""
         async with self._answer_lock:
             await self._cancel_answer(notify=True, interrupted=interrupted)
-        self._playing_until = 0.0  # the client stops its playback too
+        self._playing_until, self._paused_at = 0.0, None  # the client stops its playback too
 
     async def resume(self, session_id: str) -> None:
         """Continue the conversation of an earlier session (e.g. after a reconnect)."""
@@ -333,6 +351,8 @@ class Session:
             "format": "pcm16",
             "sample_rate": protocol.INPUT_RATE,
             "turn_mode": settings.turn_mode,
+            "turn_detection": settings.turn_detection,
+            "eagerness": settings.eagerness,
             "silence_ms": settings.silence_ms,
             "barge_in_ms": settings.barge_in_ms,
             "echo_guard": settings.echo_guard,
@@ -364,6 +384,7 @@ class Session:
                 self.turn_settings,
                 self.server.config.input_audio,
                 self.server.vad_notice,
+                speech.end_of_turn,
             )
         return self._listener
 
@@ -412,9 +433,14 @@ class Session:
         await self.emit(events.SessionUpdated(self.input_audio_info()))
 
     def answer_playing(self) -> bool:
-        """An answer is being made, or its audio is still playing at the client (estimated
-        from the audio sent: playback cannot end before the sum of the chunks' lengths)."""
-        return self.answering or time.monotonic() < self._playing_until
+        """An answer is being made (not one held back), or its audio is still playing at the
+        client (estimated from the audio sent: playback cannot end before the sum of the
+        chunks' lengths), or its playback is paused."""
+        return (
+            (self.answering and self._held is None)
+            or self._paused_at is not None
+            or time.monotonic() < self._playing_until
+        )
 
     # --- what the listener needs of its session (speech/listener.py: Host) -------------------
 
@@ -428,6 +454,58 @@ class Session:
             await self._start_answer(text, item_id, ended_at, message_id=item_id, spoken=True)
         else:
             await self.add_message(HumanMessage(text, id=item_id))
+
+    async def preempt(self, item_id: str, text: str) -> None:
+        """A pause's transcript: start its answer now, held back until the turn is confirmed."""
+        if self.auto_respond:
+            await self._start_answer(
+                text, item_id, time.perf_counter(), message_id=item_id, spoken=True, held=True
+            )
+
+    async def confirm_preempted(self, item_id: str, ended_at: float) -> bool:
+        """The turn ended at the pause: the held answer is its answer; its frames go out now.
+        False when no answer to that turn is held (it was dropped, or another one started)."""
+        async with self._answer_lock:
+            hold = self._held
+            if hold is None or hold.item_id != item_id:
+                return False
+            answer = hold.answer
+            answer.started_at = ended_at  # its times count from the turn's end, as the user's
+            now = time.perf_counter()
+            if answer.first_text_at is not None:
+                answer.first_text_at = max(answer.first_text_at, now)
+            if answer.first_audio_at is not None:
+                answer.first_audio_at = max(answer.first_audio_at, now)
+            while hold.items:  # (the answer may add more while the queue is full)
+                item = hold.items.pop(0)
+                self._note_playback(item[1])
+                await self._queue(item)
+            self._held = None  # from now on the answer's frames go straight to the queue
+            hold.room.set()
+            if hold.status is not None:
+                await self._finish(answer, hold.status)
+            return True
+
+    async def drop_preempted(self) -> None:
+        """The user went on: the held answer goes, unseen; its turn leaves the history."""
+        async with self._answer_lock:
+            hold = self._held
+            if hold is not None and hold.answer is self._answer:
+                await self._cancel_answer(notify=False)
+
+    async def pause_playback(self) -> None:
+        """Speech began over the answer: the client holds its playback where it is."""
+        if self._paused_at is None and self._answer is not None and self._held is None:
+            self._paused_at = time.monotonic()
+            await self.emit(events.PlaybackPaused(self._answer.response_id))
+
+    async def resume_playback(self) -> None:
+        """That speech was not an interruption: playback goes on where it was held."""
+        if self._paused_at is not None and self._answer is not None:
+            if self._playing_until > self._paused_at:  # what was left to play still is
+                self._playing_until += time.monotonic() - self._paused_at
+            self._paused_at = None
+            await self.emit(events.PlaybackResumed(self._answer.response_id))
 
     def _drop_spoken_turns(self) -> None:
         if self._listener is not None:
@@ -447,8 +525,10 @@ class Session:
         options: events.ResponseOptions | None = None,
         message_id: str | None = None,
         spoken: bool = False,
+        held: bool = False,
     ) -> None:
         """A user turn, typed or spoken (or a bare request): the answer in flight ends first.
+        A `held` answer (preempt) sends nothing until confirm_preempted releases it.
         `message_id` names the user's message in the history (a spoken turn's item id);
         a typed message's id is the client's to reuse, so it gets one of the server's."""
         options = options or events.ResponseOptions()
@@ -469,7 +549,12 @@ class Session:
                 started_at=arrived_at,
                 options=options,
             )
-            await self.emit(events.ResponseStarted(response_id, in_reply_to, options))
+            if held:
+                limit = self.server.config.outbound_frames
+                self._held = HeldAnswer(answer, message_id or "", limit)
+            await self._queue_answer_item(
+                (None, events.ResponseStarted(response_id, in_reply_to, options), FRAME), answer
+            )
             self._answer = answer
             self._uncounted[response_id] = spoken
             self._recent_answers[response_id] = answer
@@ -502,6 +587,10 @@ class Session:
 
     async def _cancel_answer(self, *, notify: bool, interrupted: bool = False) -> None:
         task, answer = self._answer_task, self._answer
+        hold, self._held = self._held, None
+        if hold is not None and hold.answer is answer and answer is not None:
+            await self._drop_held(hold)
+            return
         if task is None or answer is None or task.done():
             return
         self._dropped.add(answer.response_id)
@@ -517,7 +606,42 @@ class Session:
         else:
             self._count_answer(answer, CANCELLED)
 
+    async def _drop_held(self, hold: HeldAnswer) -> None:
+        """A held answer ends unseen: nothing of it was sent, and the history loses its turn
+        (the user's words so far and anything of the answer the graph stored)."""
+        answer = hold.answer
+        if self._answer_task is not None:
+            self._answer_task.cancel()
+            await asyncio.gather(self._answer_task, return_exceptions=True)
+        self._uncounted.pop(answer.response_id, None)
+        self._recent_answers.pop(answer.response_id, None)
+        self._answer, self._answer_task = None, None
+        if hold.item_id:
+            try:
+                await self._forget_from(answer.thread_id, hold.item_id)
+            except Exception as exc:  # a checkpointer that is down: the turn may linger
+                log.warning("session %s…: a dropped answer's turn stays: %s", self.log_id, exc)
+
+    async def _forget_from(self, thread_id: str, message_id: str) -> None:
+        """Remove a message and every message after it from the history."""
+        async with self.server.conversation_lock(thread_id):
+            config = {"configurable": {"thread_id": thread_id}}
+            graph = self.server.backend.graph
+            state = await graph.aget_state(config)
+            messages = state.values.get("messages", []) if state and state.values else []
+            ids = [getattr(message, "id", None) for message in messages]
+            if message_id in ids:
+                doomed = ids[ids.index(message_id) :]
+                await graph.aupdate_state(
+                    config, {"messages": [RemoveMessage(id=i) for i in doomed if i]}
+                )
+
     async def _finish(self, answer: Answer, status: str) -> None:
+        hold = self._held
+        if hold is not None and hold.answer is answer:
+            hold.status = status  # sent at release, with the times counted from then
+            answer.done_sent = True
+            return
         self._count_answer(answer, status)
         await self._queue((answer.response_id, answer.done_event(status), FINAL))
         answer.done_sent = True
@@ -534,15 +658,30 @@ class Session:
 
     def _emitter(self, response_id: str) -> Callable[[events.Event], Awaitable[None]]:
         async def emit(event: events.Event) -> None:
+            answer = self._recent_answers.get(response_id)
             if isinstance(event, events.TextDelta):  # merged with its neighbours by the writer
-                await self._queue((response_id, event.text, TEXT_DELTA))
-                return
-            if isinstance(event, events.AudioOut):
-                starts = max(time.monotonic(), self._playing_until)
-                self._playing_until = starts + event.pcm.samples / event.pcm.sample_rate
-            await self._queue((response_id, event, FRAME))
+                await self._queue_answer_item((response_id, event.text, TEXT_DELTA), answer)
+            else:
+                await self._queue_answer_item((response_id, event, FRAME), answer)
 
         return emit
+
+    async def _queue_answer_item(self, item: Outbound, answer: Answer | None) -> None:
+        """An answer's frame: to the client, or into its hold while it is held back."""
+        while (hold := self._held) is not None and hold.answer is answer:
+            if len(hold.items) < hold.limit:
+                hold.items.append(item)
+                return
+            hold.room.clear()
+            await hold.room.wait()  # released (or dropped: this task is cancelled)
+        self._note_playback(item[1])
+        await self._queue(item)
+
+    def _note_playback(self, payload: Payload) -> None:
+        """Audio going to the client: when its playback will end there."""
+        if isinstance(payload, events.AudioOut):
+            starts = max(time.monotonic(), self._playing_until)
+            self._playing_until = starts + payload.pcm.samples / payload.pcm.sample_rate
 
     # --- the outbound queue and its writer ---------------------------------------------------
 

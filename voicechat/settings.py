@@ -149,8 +149,10 @@ class PipelineSettings:
 class InputAudioSettings:
     """Speech input: turn detection, barge-in and the limits on audio a client may send."""
 
-    silence_ms: int = 600  # silence that ends a turn (server_vad)
-    barge_in_ms: int = 500  # speech over a playing answer must last this long to interrupt it
+    turn_detection: str = "semantic"  # what ends a turn: "semantic" (meaning) or "silence"
+    eagerness: str = "medium"  # semantic: how soon a turn ends (speech/semantic.py)
+    silence_ms: int = 600  # silence that ends a turn ("silence", or a language not judged)
+    barge_in_ms: int = 500  # speech over a playing answer lasts this long before it is judged
     echo_guard: bool = True  # ignore "speech" that is the answer's own words coming back
     max_turn_audio_s: float = 60.0  # a longer turn ends there
     burst_s: float = 5.0  # audio a client may send ahead of real time…

@@ -38,7 +38,10 @@ G711_RATE = 8000
 FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
 MAX_ITEMS = 512  # items remembered for retrieve/delete/truncate (the oldest are forgotten)
 # semantic_vad's eagerness as voicechat's silence rule (how long a pause ends the turn).
+# semantic_vad: voicechat's end of turn by meaning at that eagerness; the silence is for speech
+# the model cannot judge (another language).
 EAGERNESS_SILENCE_MS = {"low": 1200, "medium": 800, "auto": 800, "high": 500}
+SEMANTIC_EAGERNESS = {"low": "low", "medium": "medium", "auto": "medium", "high": "high"}
 # What a client may set without an error, though voicechat does nothing with it.
 IGNORED_SESSION_FIELDS = ("tools", "tool_choice", "tracing", "truncation", "include", "prompt")
 
@@ -125,6 +128,8 @@ class RealtimeProtocol:
         self.modalities = ["audio"]
         self.input_format = "audio/pcm"
         self.output_format = "audio/pcm"
+        # Realtime's default is server_vad: silence ends a turn, as its clients expect.
+        core.turn_settings = core.turn_settings.updated({"turn_detection": "silence"})
         self.turn_detection: dict[str, Any] | None = {
             "type": "server_vad",
             "silence_duration_ms": core.turn_settings.silence_ms,
@@ -307,6 +312,10 @@ class RealtimeProtocol:
         self.turn_detection |= {"create_response": create, "interrupt_response": interrupt}
         self.core.auto_respond = create
         fields: dict[str, Any] = {"turn_mode": "server_vad", "silence_ms": silence_ms}
+        if kind == "semantic_vad":  # the end of a turn by meaning (speech/semantic.py)
+            fields |= {"turn_detection": "semantic", "eagerness": SEMANTIC_EAGERNESS[eagerness]}
+        else:
+            fields["turn_detection"] = "silence"
         if not interrupt:
             fields["barge_in_ms"] = 5000  # the longest: speech hardly ever interrupts
         return fields
@@ -524,7 +533,9 @@ class RealtimeProtocol:
                 return [{"type": "input_audio_buffer.cleared"}]
             case events.SessionUpdated():
                 return [{"type": "session.updated", "session": self.session()}]
-            case _:  # ResponseTruncated, SessionResumed: v1's; Realtime answers its own way
+            case _:  # ResponseTruncated, SessionResumed: v1's; Realtime answers its own way.
+                # (PlaybackPaused/Resumed, EndOfTurn: Realtime has no such events; a backchannel
+                # over the answer simply does not interrupt it.)
                 return []
 
     def _response_object(

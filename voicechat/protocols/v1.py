@@ -130,6 +130,18 @@ class V1Protocol:
                 }
             case events.AudioCleared():
                 return {"type": "input_audio.cleared"}
+            case events.EndOfTurn():
+                return {
+                    "type": "input_audio.end_of_turn",
+                    "item_id": payload.item_id,
+                    "audio_ms": payload.audio_ms,
+                    "complete": payload.complete,
+                    "wait_ms": payload.wait_ms,
+                }
+            case events.PlaybackPaused():
+                return {"type": "response.audio.paused", "response_id": payload.response_id}
+            case events.PlaybackResumed():
+                return {"type": "response.audio.resumed", "response_id": payload.response_id}
             case events.SessionUpdated():
                 return {"type": "session.updated", "input_audio": payload.input_audio}
             case events.ResponseTruncated():

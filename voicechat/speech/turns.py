@@ -6,9 +6,18 @@ tested with plain lists of numbers. Times are milliseconds on the session's audi
 A turn starts after `start_ms` of windows at or above `start_threshold`; it ends after
 `silence_ms` below `end_threshold` (between the two thresholds counts as speech: hysteresis).
 When a pause reaches `pause_ms` the caller may transcribe speculatively (`Paused`); speech
-resuming makes that stale (`Resumed`). While the assistant's answer plays (`guarded`), speech
-must last `barge_in_ms` and then be judged (`Candidate`: the caller calls `accept()` or
-`reject()`), so a "mm-hm" or the assistant's own voice coming back does not take the turn.
+resuming makes that stale (`Resumed`).
+
+Two rules end a turn. `silence`: `silence_ms` of silence. `semantic`: the caller judges the
+pause by meaning (is the thought finished?) and hands the verdict to `judge()`; a finished
+thought then ends the turn after `complete_ms` of silence, an unfinished one (or no verdict
+yet) only after `incomplete_ms`, the most a pause may last; no verdict possible (`None`: a
+language the judge cannot read) falls back to `silence_ms`.
+
+While the assistant's answer plays (`guarded`), speech is held (`Held`: the caller pauses the
+answer's playback) and must last `barge_in_ms` to be judged (`Candidate`: the caller calls
+`accept()` or `reject()`), so a "mm-hm", a cough or the assistant's own voice coming back does
+not take the turn. A held sound that ends short of that is `Released` (playback resumes).
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ class TurnRules:
     short_sound_ms: int = 200  # while guarded: this much silence ends a short sound ("mm")
     echo_recheck_ms: int = 1000  # speech judged to be echo is judged again after this much more
     max_turn_ms: int = 60_000
+    semantic: bool = False  # the turn ends by the caller's verdict (judge()), not silence alone
+    complete_ms: int = 250  # semantic: silence that ends a finished thought
+    incomplete_ms: int = 2500  # semantic: silence that ends an unfinished one (or unjudged)
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,18 @@ class Resumed:
 
 
 @dataclass(frozen=True)
+class Held:
+    """Speech began over the playing answer: hold its playback until the sound is judged."""
+
+    start_ms: int
+
+
+@dataclass(frozen=True)
+class Released:
+    """The held sound ended short of a barge-in: not a turn, the answer plays on."""
+
+
+@dataclass(frozen=True)
 class Stopped:
     end_ms: int
     truncated: bool = False
@@ -61,7 +85,8 @@ class Candidate:
     at_ms: int
 
 
-TurnEvent = Started | Paused | Resumed | Stopped | Candidate
+TurnEvent = Started | Paused | Resumed | Stopped | Candidate | Held | Released
+PENDING = "pending"  # semantic: the pause has no verdict yet
 
 IDLE, SPEAKING, HOLDING, DECIDING, ECHO = "idle", "speaking", "holding", "deciding", "echo"
 
@@ -77,6 +102,8 @@ class TurnDetector:
         self._start_ms = 0  # where the current speech began
         self._silence = 0  # consecutive silent windows
         self._paused = False
+        self._pause_at_ms = 0  # where the current pause began
+        self._verdict: bool | str | None = PENDING  # semantic: the current pause's verdict
         self._check_from_ms = 0  # echo: speech since here is judged next
 
     @property
@@ -88,9 +115,15 @@ class TurnDetector:
         """Where the speech in progress (a turn, or a sound being judged) began."""
         return self._start_ms
 
+    @property
+    def pause_at_ms(self) -> int | None:
+        """Where the pause in the current turn began; None: no turn, or no pause."""
+        return self._pause_at_ms if self.state == SPEAKING and self._paused else None
+
     def reset(self) -> None:
         """Forget the speech in progress (input_audio.clear); the clock keeps running."""
         self.state, self._run, self._silence, self._paused = IDLE, 0, 0, False
+        self._verdict = PENDING
 
     def feed(self, probability: float, *, guarded: bool = False) -> list[TurnEvent]:
         if self.state == DECIDING:
@@ -110,7 +143,7 @@ class TurnDetector:
                 return []
             self._run, self._silence = 0, 0
             self.state = HOLDING if guarded else SPEAKING
-            return [] if guarded else [Started(self._start_ms)]
+            return [Held(self._start_ms)] if guarded else [Started(self._start_ms)]
         self._silence = self._silence + 1 if silent else 0
         if self.state == HOLDING:
             if not guarded:
@@ -118,7 +151,7 @@ class TurnDetector:
                 return [Started(self._start_ms)]
             if self._silence * WINDOW_MS >= rules.short_sound_ms:
                 self.reset()  # a short sound over the answer: not a turn
-                return []
+                return [Released()]
             if self.now_ms - self._start_ms >= rules.barge_in_ms:
                 self.state = DECIDING
                 return [Candidate(self._start_ms, self.now_ms)]
@@ -139,19 +172,46 @@ class TurnDetector:
         rules = self.rules
         events: list[TurnEvent] = []
         if self._silence == 0 and self._paused:
-            self._paused = False
+            self._paused, self._verdict = False, PENDING
             events.append(Resumed())
         pause_start = at_ms - (self._silence - 1) * WINDOW_MS
-        if self._silence and self._silence * WINDOW_MS >= rules.silence_ms:
+        if self._silence and self._silence * WINDOW_MS >= self.wait_ms():
             self.reset()
             return [*events, Stopped(pause_start)]
         if self._silence * WINDOW_MS >= rules.pause_ms and not self._paused:
-            self._paused = True
+            self._paused, self._pause_at_ms = True, pause_start
             events.append(Paused(pause_start))
         if self.now_ms - self._start_ms >= rules.max_turn_ms:
             self.reset()
             events.append(Stopped(self.now_ms, truncated=True))
         return events
+
+    def wait_ms(self) -> int:
+        """The silence that ends the turn now (under the current pause's verdict)."""
+        return self.wait_for(self._verdict)
+
+    def wait_for(self, verdict: bool | str | None) -> int:
+        """The silence that ends the turn under `verdict` (True, False, None or PENDING)."""
+        rules = self.rules
+        if not rules.semantic:
+            return rules.silence_ms
+        if verdict is None:
+            return rules.silence_ms
+        if verdict is True:
+            return rules.complete_ms
+        return rules.incomplete_ms  # unfinished, or not judged yet
+
+    def judge(self, pause_at_ms: int, complete: bool | None) -> list[TurnEvent]:
+        """The semantic verdict on the pause that began at `pause_at_ms` (a stale one, for a
+        pause the speech has since resumed from, is ignored). The turn ends at once when the
+        silence so far already meets the wait the verdict sets."""
+        if self.state != SPEAKING or not self._paused or self._pause_at_ms != pause_at_ms:
+            return []
+        self._verdict = complete
+        if self._silence * WINDOW_MS >= self.wait_ms():
+            self.reset()
+            return [Stopped(pause_at_ms)]
+        return []
 
     def accept(self) -> list[TurnEvent]:
         """The Candidate is the user: the turn starts where the speech began."""

@@ -30,6 +30,7 @@ ENGINES = {
     "espeak": "voicechat.engines.espeak:EspeakEngine",
     "whisper": "voicechat.engines.whisper:WhisperEngine",
     "vad": "voicechat.engines.silero:SileroEngine",
+    "turn": "voicechat.engines.turn:EndOfTurnEngine",
 }
 
 _PR_SET_PDEATHSIG = 1

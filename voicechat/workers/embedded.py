@@ -108,6 +108,16 @@ def whisper_worker(model: str, language: str | None) -> Worker:
     )
 
 
+def turn_worker(model_path: Path) -> Worker:
+    """End of turn by meaning (engines/turn.py): SmolLM2 reads the user's words so far."""
+    return Worker(
+        "turn",
+        {"model_path": str(model_path)},
+        label="the end-of-turn model",
+        sigill_hint=LLAMA_SIGILL_HINT,
+    )
+
+
 def vad_worker() -> Worker:
     """Silero VAD on onnxruntime: every session's voice-activity detection."""
     return Worker("vad", {}, label="the Silero VAD", sigill_hint=ONNX_SIGILL_HINT)
