@@ -46,9 +46,10 @@ times out (--case-timeout) is reported as such. One unmeasured warm-up turn firs
 (with `--silence-ms` too, when given). A server that refuses them (error bad_message) or ignores
 them (session.updated without them) is run without them, and the output says so.
 
-The machine may be shared: the load average at the start and the end is printed. Run time on 2
-cores at load ~3: the full set ~7 min (server start ~15 s, cutoffs ~3 min, v2v ~1 min,
-backchannels ~1.5 min, interruptions ~1 min); --quick ~2.5 min.
+The machine may be shared: the load average at the start of the run and of each part is printed.
+Run time on 2 cores at load ~1.5-3: the full set ~6 min (16 cut-off cases ~2 min, 10 questions
+~1 min, 8 backchannels ~1.5 min, 4 interruptions ~1.1 min; plus the server's start, 3 s with
+warm caches, ~30 s cold); --quick (5 cut-offs, 2 of each other part) ~2 min, ~3.5 min at load 8.
 """
 
 from __future__ import annotations
@@ -936,7 +937,7 @@ def print_result(result: dict[str, Any]) -> None:
         print(
             f"  not cut: end of the second part -> first audio.chunk p50 {fmt(a['p50'])} ms, "
             f"max {fmt(a['max'])} ms; transcript WER over the whole thought, mean "
-            f"{fmt(s['wer_mean'])}"
+            + (f"{s['wer_mean']:.1%}" if s["wer_mean"] is not None else "-")
         )
     if "v2v" in parts:
         s = parts["v2v"]["summary"]
@@ -950,7 +951,11 @@ def print_result(result: dict[str, Any]) -> None:
             print(stats_row(label, s[key]))
         for voice, stats in s["per_voice_total_ms"].items():
             print(stats_row(f"  total, {voice}", stats))
-        print(f"  transcript WER, mean per question: {s['wer_mean']}")
+        wer = ", ".join(
+            f"{voice} {value:.1%}" if value is not None else f"{voice} -"
+            for voice, value in s["wer_mean"].items()
+        )
+        print(f"  transcript WER, mean per question: {wer}")
     if "backchannels" in parts:
         s = parts["backchannels"]["summary"]
         print(
@@ -982,7 +987,8 @@ def print_result(result: dict[str, Any]) -> None:
         )
         print(
             f"  failed to stop the answer: {s['failed']}/{s['trials']}   "
-            f"paused {s['paused']}   speech_started {s['speech_started']}   "
+            f"paused {s['paused']} (resumed before the stop {s['resumed']})   "
+            f"speech_started {s['speech_started']}   "
             f"cancelled {s['cancelled']}"
         )
         print(
