@@ -148,6 +148,114 @@ def test_a_chunk_that_arrives_late_is_one_underrun_on_a_paced_device(
     assert len(player.stats.latencies_ms) == 2  # both chunks found the player idle
 
 
+def never_silent(count: int, start: int) -> np.ndarray:
+    """Samples that are never zero, even scaled down by a fade: silence in the output is
+    then exactly the held time, and every sample can be found again."""
+    return (2000 + (np.arange(count) + start) % 5000).astype(np.int16)
+
+
+class PausingTap(Tap):
+    """A Tap that pauses the player from inside the audio callback after `after` blocks: a
+    hold at an exact, known place of the stream, however fast the null device consumes."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+        self.player: AudioPlayer | None = None
+        self.paused_at: int | None = None  # samples played when the pause was asked for
+        self.held = threading.Event()
+
+    def __call__(self, block: np.ndarray) -> None:
+        super().__call__(block)
+        if len(self.blocks) == self.after and self.player is not None:
+            self.player.pause()
+            self.paused_at = self.player.stats.samples_played
+            self.held.set()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.blocks)
+
+
+def wait_for_blocks(tap: PausingTap, count: int) -> None:
+    """Until the output has handed `count` blocks to the device (polls its thread's list)."""
+    deadline = time.monotonic() + WAIT_S
+    while tap.count() < count:
+        assert time.monotonic() < deadline, f"the device never took {count} blocks"
+        time.sleep(0.005)
+
+
+RATE_22K = 22050
+
+
+def test_pause_holds_the_position_and_resume_plays_on_from_the_next_sample(
+    null_audio_device: str,
+) -> None:
+    tap = PausingTap(after=3)
+    player = AudioPlayer(null_audio_device, sample_rate=RATE_22K, tap=tap)
+    tap.player = player
+    first, second = never_silent(RATE_22K, 0), never_silent(RATE_22K // 2, 7)
+    player.enqueue_pcm(first, RATE_22K, label="first")  # queued before the stream: no lead-in
+    with player:
+        assert tap.held.wait(WAIT_S)
+        player.enqueue_pcm(second, RATE_22K, label="second")  # arrives during the hold: kept
+        held_blocks = tap.count()
+        wait_for_blocks(tap, held_blocks + 20)  # 20 more blocks (0.4 s) of holding
+        played_while_held = player.stats.samples_played
+        assert player.paused and player.queue.busy
+        assert player.now_playing == "first"  # the highlight stays on the held unit
+        player.resume()
+        player.finish()
+        assert player.queue.wait_drained(WAIT_S)
+
+    blocks = tap.blocks
+    block = len(blocks[0])
+    assert tap.paused_at == 3 * block
+    fade = player.queue._fade_frames
+    # Held: after the fade, only silence, and the count of samples heard stood still.
+    assert played_while_held <= tap.paused_at + fade
+    assert not np.concatenate(blocks[held_blocks + 1 : held_blocks + 20]).any()
+    played = tap.played()
+    sound = played[played != 0]  # the held silence taken out
+    expected = np.concatenate([first, second])
+    assert len(sound) == len(expected)  # no sample lost, none repeated
+    assert player.stats.samples_played == len(expected)
+    # Exact, except that the volume ramps down into the hold and up out of it.
+    ramp = slice(tap.paused_at, tap.paused_at + 2 * fade)
+    differs = np.flatnonzero(sound != expected)
+    assert len(differs) and differs.min() >= ramp.start and differs.max() < ramp.stop
+    assert np.all(np.abs(sound[ramp]) <= np.abs(expected[ramp]))
+    assert player.stats.underruns == 0  # the hold is no underrun
+
+
+def test_a_stop_while_paused_drops_what_was_held_and_the_next_answer_plays_whole(
+    null_audio_device: str,
+) -> None:
+    tap = PausingTap(after=2)
+    player = AudioPlayer(null_audio_device, sample_rate=RATE_22K, tap=tap)
+    tap.player = player
+    first, nxt = never_silent(RATE_22K, 0), never_silent(RATE_22K // 4, 11)
+    player.enqueue_pcm(first, RATE_22K, label="first")
+    with player:
+        assert tap.held.wait(WAIT_S)
+        wait_for_blocks(tap, tap.count() + 5)
+        heard = player.stats.samples_played
+        player.flush()  # the pause ended in a barge-in
+        assert not player.paused and player.now_playing is None
+        player.enqueue_pcm(nxt, RATE_22K, label="next")
+        player.finish()
+        assert player.queue.wait_drained(WAIT_S)
+
+    assert player.stats.dropped_samples == len(first) - heard  # all that was held
+    played = tap.played()
+    sound = played[played != 0]
+    # What was heard of the first answer, then the next one from its first sample at full
+    # volume: nothing of the held audio leaked out with the flush's fade.
+    assert len(sound) == heard + len(nxt)
+    assert np.array_equal(sound[heard:], nxt)
+    assert np.array_equal(sound[: tap.paused_at], first[: tap.paused_at])
+
+
 async def ask_with_player(player: AudioPlayer) -> list[dict[str, Any]]:
     """`ask --play --json` in-process against a scripted server; its JSON lines."""
     sentences = ["The moon is bright tonight.", " Owls hunt at night."]

@@ -11,8 +11,11 @@ poll a condition with a deadline; nothing assumes a duration.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,8 +36,10 @@ from tests.speech_fixtures import normalize, spoken_pcm
 from tests.speech_server import speech_input
 from tests.test_talk import answers, send, status, until
 from voicechat.audio.mic import FLOOR_DB, RATE, Framer, LevelMeter, Microphone, meter_bar
+from voicechat.audio.player import AudioPlayer
+from voicechat.audio.wav import encode_wav
 from voicechat.server import VoiceChatServer
-from voicechat.tts.tone import ToneTTS
+from voicechat.tts.tone import ToneTTS, tone_pcm
 from voicechat.tui.app import NoticeLine, UserLine, VoiceChatApp
 
 QUESTION = "What is the capital of France?"
@@ -163,7 +168,7 @@ async def test_a_spoken_question_appears_as_the_users_turn_and_is_answered_aloud
             assert answers(app)[0].text == "".join(ANSWER)
             assert app.player.stats.samples_played > 0  # heard, through PortAudio
             await until(pilot, lambda: app.states[-1] == "listening", "listening again")
-            assert in_order(app.states, ["listening", "heard you", "thinking", "speaking"])
+            assert in_order(app.states, ["listening", "hearing you", "thinking", "speaking"])
             assert not [n for n in notices(app) if "error" in str(n.render()).lower()]
 
 
@@ -403,3 +408,243 @@ def test_list_devices_shows_the_microphone(microphone: PulseDaemon, audio_env: A
     outputs, _, inputs = result.stdout.partition("inputs (--input-device):")
     assert "null" in outputs
     assert "pulse" in inputs
+
+
+# --- the conversation feel: held playback, "still your turn" (issue 22) ----------------------
+
+
+class ScriptedServer:
+    """Test double for the server: a WebSocket peer that sends `session.created` (speech input
+    on), then exactly the frames the test hands to `send()`, when it does; it records every
+    frame the app sends. It stages what a real server does only at moments a test cannot pick
+    (a pause, a resume, a judged end of turn at a known point of the answer's playback)."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def __aenter__(self) -> ScriptedServer:
+        from websockets.asyncio.server import serve
+
+        self._server = await serve(self._run, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1/chat/stream"
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self._outbox.put_nowait(frame)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [frame for frame in self.received if frame.get("type") == kind]
+
+    async def _run(self, connection: Any) -> None:
+        await connection.send(json.dumps({
+            "type": "session.created", "session_id": "scripted", "protocol": "voicechat.v1",
+            "llm": "scripted", "tts": "tone", "stt": "whisper:tiny.en",
+            "input_audio": {"turn_mode": "server_vad", "turn_detection": "semantic",
+                            "eagerness": "medium"},
+        }))  # fmt: skip
+
+        async def read() -> None:
+            async for raw in connection:
+                self.received.append(json.loads(raw))
+
+        reader = asyncio.create_task(read())
+        while True:  # until the app goes (the reader ends): then the handler ends too
+            frame = asyncio.ensure_future(self._outbox.get())
+            await asyncio.wait({frame, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not frame.done():
+                frame.cancel()
+                return
+            await connection.send(json.dumps(frame.result()))
+
+
+def audio_chunk(response_id: str, segment: int, text: str) -> dict[str, Any]:
+    """One audio.chunk of `text` said by the tone voice (at its 22,050 Hz)."""
+    wav = encode_wav(tone_pcm(text, 22050), 22050)
+    return {"type": "audio.chunk", "response_id": response_id, "seq": segment,
+            "segment": segment, "text": text, "format": "wav", "sample_rate": 22050,
+            "audio": base64.b64encode(wav).decode()}  # fmt: skip
+
+
+class HeldPlaybackApp(RecordingApp):
+    """Test double: the recording app, its player the paced null output (a sound card's pace,
+    no device) with a count of the blocks handed out, so a test can let the output run on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.blocks = 0
+        self.silent_blocks = 0  # blocks of nothing but silence
+        self._blocks_lock = threading.Lock()
+
+    def _count(self, block: np.ndarray) -> None:
+        with self._blocks_lock:
+            self.blocks += 1
+            self.silent_blocks += not block.any()
+
+    def _open_player(self) -> None:
+        self.player = AudioPlayer("null", tap=self._count)
+        self.player.__enter__()
+
+
+LONG_UNIT = "A long sentence that keeps on playing while the user makes a sound over it. "
+
+
+async def playing(pilot: Any, app: HeldPlaybackApp, server: ScriptedServer, rid: str) -> None:
+    """Start answer `rid` (three long units) and wait until its audio is heard."""
+    server.send({"type": "response.created", "response_id": rid, "in_reply_to": None})
+    server.send({"type": "text.delta", "response_id": rid, "text": LONG_UNIT * 3})
+    for segment in range(3):
+        server.send(audio_chunk(rid, segment, LONG_UNIT))
+    assert app.player is not None
+    await until(pilot, lambda: app.player.stats.samples_played > 0, f"{rid} playing")
+    await until(pilot, lambda: app.mic_state() == "speaking", "speaking")
+
+
+async def delivered(pilot: Any, app: HeldPlaybackApp, server: ScriptedServer) -> None:
+    """Until the app has handled every frame sent so far (a marker frame it ignores is last)."""
+    count = len(app.of_type("input_audio.cleared")) + 1
+    server.send({"type": "input_audio.cleared"})
+    await until(pilot, lambda: len(app.of_type("input_audio.cleared")) == count, "the marker")
+
+
+async def held(pilot: Any, app: HeldPlaybackApp) -> int:
+    """Wait until the player holds (faded out), then 10 blocks more; the samples played."""
+    assert app.player is not None
+    await until(pilot, lambda: app.player.paused, "the hold")
+    await until(pilot, lambda: app.player.queue._gain == 0, "the fade into the hold")
+    played = app.player.stats.samples_played
+    silent = app.silent_blocks
+    await until(pilot, lambda: app.silent_blocks >= silent + 10, "the output to run on, held")
+    assert app.player.stats.samples_played == played  # held: not one sample more
+    return played
+
+
+async def test_a_sound_over_the_answer_holds_it_and_a_resume_plays_on_without_a_loss(
+    voice: MicrophoneFeeder,
+) -> None:
+    async with ScriptedServer() as server:
+        app = HeldPlaybackApp(server.url, device="null", mic=True, input_device=PACED_DEVICE)
+        async with app.run_test() as pilot:
+            await until(pilot, lambda: app.speech_input, "speech input on")
+            await playing(pilot, app, server, "r1")
+            assert app.player is not None
+
+            server.send({"type": "response.audio.paused", "response_id": "r-other"})
+            await delivered(pilot, app, server)
+            assert not app.player.paused  # another answer's pause: not this one's
+            server.send({"type": "response.audio.paused", "response_id": "r1"})
+            await held(pilot, app)
+            assert app.mic_state() == "paused" and "paused" in status(app)
+            assert app.player.now_playing == ("r1", 0)  # the highlight stays where it was
+            server.send(audio_chunk("r1", 3, "More."))  # arrives while held: queued
+            server.send({"type": "response.done", "response_id": "r1", "status": "completed",
+                         "text": LONG_UNIT * 3 + "More."})  # fmt: skip
+            await until(pilot, lambda: answers(app)[0].status == "completed", "the done")
+            assert app.player.paused  # a completed answer stays held
+
+            server.send({"type": "response.audio.resumed", "response_id": "r1"})
+            await until(pilot, lambda: not app.player.paused, "the resume")
+            await until(pilot, lambda: app.mic_state() == "speaking", "speaking again")
+            await until(pilot, lambda: not app.player.queue.busy, "the answer played out")
+            assert app.player.stats.dropped_samples == 0  # every sample played, after all
+            assert in_order(app.states, ["listening", "speaking", "paused", "speaking"])
+            await until(pilot, lambda: app.mic_state() == "listening", "listening")
+            # A pause for an answer that has played out holds nothing.
+            server.send({"type": "response.audio.paused", "response_id": "r1"})
+            await delivered(pilot, app, server)
+            assert not app.player.paused and app.mic_state() == "listening"
+        assert not server.of_type("response.truncate")  # nothing was interrupted
+
+
+async def test_a_held_answer_that_turns_out_interrupted_is_flushed_and_truncated_where_held(
+    voice: MicrophoneFeeder,
+) -> None:
+    async with ScriptedServer() as server:
+        app = HeldPlaybackApp(server.url, device="null", mic=True, input_device=PACED_DEVICE)
+        async with app.run_test() as pilot:
+            await until(pilot, lambda: app.speech_input, "speech input on")
+            await playing(pilot, app, server, "r1")
+            assert app.player is not None
+            server.send({"type": "response.audio.paused", "response_id": "r1"})
+            played = await held(pilot, app)
+
+            server.send({"type": "input_audio.speech_started", "item_id": "i1",
+                         "audio_start_ms": 900})  # fmt: skip
+            await until(pilot, lambda: not app.player.paused, "the flush")
+            assert app.mic_state() == "hearing you"
+            assert app.player.now_playing is None and not app.player.queue.busy
+            assert app.player.stats.dropped_samples > 0  # what was held is gone
+            server.send({"type": "response.audio.resumed", "response_id": "r1"})  # too late
+            server.send({"type": "response.done", "response_id": "r1", "status": "cancelled",
+                         "text": LONG_UNIT})  # fmt: skip
+            await until(pilot, lambda: bool(server.of_type("response.truncate")), "the truncate")
+            assert not app.player.paused and app.player.stats.samples_played == played
+            # What was heard: up to where the answer was held.
+            heard_ms = round(1000 * played / app.player.sample_rate)
+            assert server.of_type("response.truncate") == [
+                {"type": "response.truncate", "response_id": "r1", "audio_end_ms": heard_ms}
+            ]
+
+            # Held again (a second answer), then cancelled with no speech_started: flushed.
+            await playing(pilot, app, server, "r2")
+            server.send({"type": "response.audio.paused", "response_id": "r2"})
+            await held(pilot, app)
+            server.send({"type": "response.done", "response_id": "r2", "status": "cancelled",
+                         "text": ""})  # fmt: skip
+            await until(pilot, lambda: not app.player.paused, "the flush")
+            assert not app.player.queue.busy
+            await until(pilot, lambda: len(server.of_type("response.truncate")) == 2, "truncate")
+            assert app.mic_state() not in ("paused", "speaking")
+
+
+async def test_an_unfinished_thought_shows_still_your_turn_until_the_turn_ends(
+    voice: MicrophoneFeeder,
+) -> None:
+    async with ScriptedServer() as server:
+        app = HeldPlaybackApp(server.url, device="null", mic=True, input_device=PACED_DEVICE)
+        async with app.run_test() as pilot:
+            await until(pilot, lambda: app.speech_input, "speech input on")
+
+            def end_of_turn(complete: bool | None) -> None:
+                server.send({"type": "input_audio.end_of_turn", "item_id": "i1", "audio_ms": 900,
+                             "complete": complete, "wait_ms": 1500})  # fmt: skip
+
+            server.send({"type": "input_audio.speech_started", "item_id": "i1",
+                         "audio_start_ms": 0})  # fmt: skip
+            await until(pilot, lambda: app.mic_state() == "hearing you", "hearing you")
+            end_of_turn(False)
+            await until(pilot, lambda: app.mic_state() == "still your turn…", "still your turn")
+            assert "still your turn…" in status(app)
+            end_of_turn(None)  # not judged: the silence rule decides
+            await until(pilot, lambda: app.mic_state() == "hearing you", "hearing you again")
+            end_of_turn(False)
+            await until(pilot, lambda: app.mic_state() == "still your turn…", "unfinished again")
+            server.send({"type": "input_audio.speech_stopped", "item_id": "i1",
+                         "audio_end_ms": 2400})  # fmt: skip
+            await until(pilot, lambda: app.mic_state() == "thinking", "thinking")
+            server.send({"type": "input_audio.committed", "item_id": "i1", "audio_ms": 2400,
+                         "truncated": False})  # fmt: skip
+            server.send({"type": "input_audio.transcript", "item_id": "i1",
+                         "text": "So I was wondering", "language": "en", "stt_ms": 0})  # fmt: skip
+            await until(pilot, lambda: bool(spoken_lines(app)), "the transcript")
+            assert app.mic_state() == "thinking"
+            server.send({"type": "input_audio.speech_started", "item_id": "i2",
+                         "audio_start_ms": 5000})  # fmt: skip
+            await until(pilot, lambda: app.mic_state() == "hearing you", "the next turn")
+            end_of_turn(False)
+            await until(pilot, lambda: app.mic_state() == "still your turn…", "unfinished")
+            end_of_turn(True)  # about to end: no longer "still your turn"
+            await until(pilot, lambda: app.mic_state() == "hearing you", "hearing you")
+            assert in_order(
+                app.states,
+                ["listening", "hearing you", "still your turn…", "hearing you",
+                 "still your turn…", "thinking", "hearing you", "still your turn…",
+                 "hearing you"],
+            )  # fmt: skip

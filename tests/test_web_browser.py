@@ -959,7 +959,9 @@ async def test_a_spoken_question_is_transcribed_answered_and_played(
     assert mic["frameBytes"] == {"1280": mic["framesSent"]}  # every frame: 40 ms at 16 kHz
     assert mic["samplesSent"] == 640 * mic["framesSent"]
     assert mic["peak"] > 0.5  # the meter moved with the voice
-    assert in_order(mic["history"], ["listening", "heard you", "thinking", "speaking", "listening"])
+    assert in_order(
+        mic["history"], ["listening", "hearing you", "thinking", "speaking", "listening"]
+    )
     assert mic["truncates"] == [] and s["notices"] == []
     assert released["mic"]["button"]["pressed"] == "false"
 
@@ -1178,3 +1180,135 @@ async def test_speech_over_an_answer_not_yet_heard_truncates_it_to_nothing(page:
     assert s["turns"][0] == {"role": "user", "text": "Hello there.", "voice": True}
     assert s["turns"][1]["responseId"] == "r1" and s["turns"][1]["voice"]
     assert s["mic"]["hearing"] is True  # the second turn is still being heard
+
+
+async def test_a_sound_over_the_answer_holds_it_where_it_is_and_a_resume_loses_nothing(
+    mic_browser: Any,
+) -> None:
+    unit = "A long tone that is held and then goes on."
+    pcm = tone_pcm(unit * 3, RATE)
+    hold, resume = asyncio.Event(), asyncio.Event()
+
+    async def script(ws: Any) -> None:
+        await receive(ws, "session.update")
+        await receive(ws, "input_audio.append")  # the microphone is on: its states show
+        await ws.send(response_created("r1", None))
+        await ws.send(text_delta("r1", unit * 3))
+        await ws.send(audio_chunk("r1", 0, 0, unit, pcm))
+        async with asyncio.timeout(WAIT_S):
+            await hold.wait()
+        await ws.send(json.dumps({"type": "response.audio.paused", "response_id": "r-other"}))
+        await ws.send(json.dumps({"type": "response.audio.paused", "response_id": "r1"}))
+        await ws.send(audio_chunk("r1", 1, 1, "More.", tone_pcm("More.", RATE)))  # held too
+        await ws.send(response_done("r1", "completed", unit * 3 + "More."))
+        async with asyncio.timeout(WAIT_S):
+            await resume.wait()
+        await ws.send(json.dumps({"type": "response.audio.resumed", "response_id": "r1"}))
+        await ws.wait_closed()
+
+    async with (
+        page_of(mic_browser, microphone=True) as page,
+        ProtocolPeer(script, session={"stt": "whisper:tiny.en"}) as peer,
+    ):
+        await open_chat(page, peer.page_url)
+        await page.get_by_role("button", name="Mic").click()
+        s = await until(page, "s => s.player.answers.r1?.played > 0.3 * s.player.contextRate && s",
+                        "0.3 s played")  # fmt: skip
+        hold.set()
+        s = await until(page, "s => s.player.paused && s.mic.label === 'paused' && s", "the hold")
+        assert await page.locator("#mic-state").inner_text() == "paused"
+        s = await until(page, "s => s.player.held > 0.1 * s.player.contextRate && s", "held")
+        at_hold = s["player"]["answers"]["r1"]["played"]
+        s = await until(page, "(s, held) => s.player.held > held + 0.3 * s.player.contextRate && s",
+                        "held on", s["player"]["held"])  # fmt: skip
+        assert s["player"]["answers"]["r1"]["played"] == at_hold  # not one sample more
+        assert s["player"]["current"] == {"answer": "r1", "segment": 0}
+        assert s["player"]["underruns"] == 0
+        resume.set()
+        s = await until(page, "s => !s.player.paused && s.mic.label === 'speaking' && s", "resumed")
+        s = await until(page, "s => s.mic.label === 'listening' && s", "played out")
+        history = s["mic"]["history"]
+    # Everything held was played after all, and nothing twice.
+    counts = s["player"]["answers"]["r1"]
+    total = len(pcm) // 2 + len(tone_pcm("More.", RATE)) // 2
+    assert counts["played"] == counts["received"] == total
+    assert counts["dropped"] == 0 and s["player"]["flushes"] == []
+    assert in_order(history, ["listening", "speaking", "paused", "speaking", "listening"])
+
+
+async def test_an_unfinished_thought_shows_still_your_turn_and_a_held_answer_can_be_cut(
+    mic_browser: Any,
+) -> None:
+    unit = "A tone to talk over."
+    pcm = tone_pcm(unit * 3, RATE)
+    go = asyncio.Event()
+    truncates: list[dict[str, Any]] = []
+
+    def eot(complete: bool | None) -> str:
+        return json.dumps({"type": "input_audio.end_of_turn", "item_id": "i1", "audio_ms": 800,
+                           "complete": complete, "wait_ms": 1500})  # fmt: skip
+
+    async def script(ws: Any) -> None:
+        await receive(ws, "session.update")
+        await receive(ws, "input_audio.append")  # the microphone is on: its states show
+        await ws.send(json.dumps({"type": "input_audio.speech_started", "item_id": "i1",
+                                  "audio_start_ms": 0}))  # fmt: skip
+        await ws.send(eot(False))
+        async with asyncio.timeout(WAIT_S):
+            await go.wait()
+        await ws.send(eot(True))
+        await ws.send(json.dumps({"type": "input_audio.committed", "item_id": "i1",
+                                  "audio_ms": 2000, "truncated": False}))  # fmt: skip
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "input_audio.transcript",
+                    "item_id": "i1",
+                    "text": "So I was thinking",
+                    "language": "en",
+                    "stt_ms": 0,
+                }
+            )
+        )
+        await ws.send(response_created("r1", "i1"))
+        await ws.send(text_delta("r1", unit * 3))
+        await ws.send(audio_chunk("r1", 0, 0, unit, pcm))
+        go.clear()
+        async with asyncio.timeout(WAIT_S):
+            await go.wait()
+        await ws.send(json.dumps({"type": "response.audio.paused", "response_id": "r1"}))
+        go.clear()
+        async with asyncio.timeout(WAIT_S):
+            await go.wait()
+        await ws.send(json.dumps({"type": "input_audio.speech_started", "item_id": "i2",
+                                  "audio_start_ms": 4000}))  # fmt: skip
+        await ws.send(response_done("r1", "cancelled", unit))
+        truncates.append(await receive(ws, "response.truncate"))
+        await ws.wait_closed()
+
+    async with (
+        page_of(mic_browser, microphone=True) as page,
+        ProtocolPeer(script, session={"stt": "whisper:tiny.en"}) as peer,
+    ):
+        await open_chat(page, peer.page_url)
+        await page.get_by_role("button", name="Mic").click()
+        await until(page, "s => s.mic.label === 'still your turn…'", "still your turn")
+        assert await page.locator("#mic-state").inner_text() == "still your turn…"
+        go.set()
+        await until(page, "s => s.player.answers.r1?.played > 0.3 * s.player.contextRate",
+                    "the answer heard")  # fmt: skip
+        go.set()
+        s = await until(page, "s => s.player.paused && s.player.held > 0 && s", "the hold")
+        at_hold = s["player"]["answers"]["r1"]["played"]
+        go.set()
+        s = await until(page, "s => s.mic.truncates.length === 1 && !s.player.queued && s", "cut")
+        history = s["mic"]["history"]
+    assert in_order(history, ["listening", "hearing you", "still your turn…", "thinking",
+                              "speaking", "paused", "hearing you"])  # fmt: skip
+    counts = s["player"]["answers"]["r1"]
+    assert counts["played"] == at_hold  # cut where it was held: nothing more was heard
+    assert s["player"]["flushes"][-1]["faded"] == 0  # what was held went unfaded
+    heard_ms = round(at_hold * 1000 / s["player"]["contextRate"])
+    assert truncates == [
+        {"type": "response.truncate", "response_id": "r1", "audio_end_ms": heard_ms}
+    ]

@@ -313,6 +313,66 @@ describe("SampleQueue", () => {
     assert.equal(queue.underruns, 0);
   });
 
+  test("pause holds the position; resume plays on from the next sample, none lost", () => {
+    const fade = 16;
+    const queue = new SampleQueue({ fadeSamples: fade });
+    const first = ramp(1000, 1000); // never zero, even faded: silence is exactly the hold
+    const second = ramp(300, 5000);
+    queue.push(first, "a", 0);
+    const out = new Float32Array(128);
+    const played = [];
+    const pull = () => {
+      queue.pull(out);
+      played.push(...out);
+    };
+    pull();
+    pull(); // 256 samples heard
+    queue.pause();
+    for (let i = 0; i < 5; i++) pull(); // held: the fade, then zeros
+    assert.equal(queue.played, 256 + fade); // the fade's samples are the last heard
+    assert.equal(queue.position, 256 + fade);
+    assert.ok(played.slice(256 + fade).every((v) => v === 0));
+    assert.equal(queue.held, 5 * 128 - fade);
+    queue.push(second, "a", 1); // arrives while held: queued behind
+    queue.end();
+    pull();
+    assert.equal(queue.played, 256 + fade); // still held
+    assert.deepEqual(queue.current, { answer: "a", segment: 0 });
+    assert.equal(queue.underruns, 0);
+    queue.resume();
+    for (let i = 0; i < 12; i++) pull();
+    const sound = played.filter((v) => v !== 0);
+    const expected = [...first, ...second];
+    assert.equal(sound.length, expected.length); // nothing lost, nothing repeated
+    sound.forEach((v, i) => {
+      // Exact, except that the volume ramps into the hold and out of it.
+      if (i < 256 || i >= 256 + 2 * fade) assert.equal(v, expected[i], `sample ${i}`);
+      else assert.ok(v > 0 && v <= expected[i], `sample ${i} in the ramp`);
+    });
+    assert.ok(sound[256] > sound[256 + fade - 1]); // down into the hold...
+    assert.ok(sound[256 + fade] < sound[256 + 2 * fade - 1]); // ...and up out of it
+    assert.deepEqual(queue.answers.get("a"), { received: 1300, played: 1300, dropped: 0 });
+    assert.equal(queue.underruns, 0);
+  });
+
+  test("a flush while paused drops what was held, unfaded; the next answer plays whole", () => {
+    const queue = new SampleQueue({ fadeSamples: 16 });
+    queue.push(new Float32Array(1000).fill(0.5), "a", 0);
+    const out = new Float32Array(128);
+    queue.pull(out);
+    queue.pause();
+    queue.pull(out);
+    queue.pull(out);
+    const report = queue.flush(32);
+    assert.deepEqual(report, { answer: "a", played: 144, faded: 0, dropped: 856 });
+    assert.equal(queue.paused, false);
+    queue.push(new Float32Array(100).fill(0.25), "b", 0);
+    queue.end();
+    assert.equal(queue.pull(out), 100);
+    assert.ok(out.subarray(0, 100).every((v) => v === 0.25)); // full volume from the start
+    assert.deepEqual(queue.answers.get("a"), { received: 1000, played: 144, dropped: 856 });
+  });
+
   test("past its bound the queue drops samples and counts them", () => {
     const queue = new SampleQueue({ maxSamples: 150 });
     queue.push(new Float32Array(100), "a", 0);

@@ -6,7 +6,10 @@ output pulls from that queue for as long as the player lives: a `sounddevice.Out
 callback on a real device, or `NullOutput` (a thread paced like a sound card) when there is none.
 The stream is never reopened per chunk. Silence is written only before the first chunk, after the
 last one, or on a real underrun, which is counted. `flush()` (Esc, barge-in) keeps a few
-milliseconds of what was playing, fades them to zero, and drops the rest: no click.
+milliseconds of what was playing, fades them to zero, and drops the rest: no click. `pause()`
+(the server heard the user start a sound over the answer) holds the read position: silence goes
+out, every sample stays queued, new chunks queue behind them, and `resume()` plays on from the
+very next sample; both ramp the volume over a few milliseconds so the hold does not click.
 """
 
 from __future__ import annotations
@@ -93,12 +96,19 @@ class PlaybackQueue:
         self._drained = threading.Event()
         self._drained.set()
         self.muted = False
+        self._paused = False
+        # The hold's volume ramp, in frames: FADE frames is full volume, 0 is held (silent).
+        # A pause takes the next frames at a falling gain, a resume the next ones at a rising
+        # one: no sample is skipped or repeated, the seam just does not click.
+        self._fade_frames = max(1, int(sample_rate * FADE_MS / 1000))
+        self._gain = self._fade_frames
 
     def push(self, samples: np.ndarray, label: Hashable | None = None) -> None:
         """Append int16 samples at the output rate; `label` marks where they start."""
         with self._lock:
             if label is not None:
-                marker = _Marker(self._tail_position(), label, time.monotonic(), not self._queued)
+                idle = not self._queued and not self._paused  # a held chunk waits by design
+                marker = _Marker(self._tail_position(), label, time.monotonic(), idle)
                 self._markers.append(marker)
             room = MAX_QUEUED_S * self.sample_rate - self._queued
             if len(samples) > room:
@@ -122,18 +132,39 @@ class PlaybackQueue:
             if not self._queued:
                 self._drained.set()
 
-    def flush(self, fade_ms: float = FADE_MS) -> None:
-        """Stop at once: keep `fade_ms` of what plays next, faded to zero, drop the rest."""
+    def pause(self) -> None:
+        """Hold playback where it is: silence out, everything queued (and pushed) is kept."""
         with self._lock:
-            fade_frames = int(self.sample_rate * fade_ms / 1000)
+            self._paused = True
+
+    def resume(self) -> None:
+        """Play on from the exact sample where the hold began."""
+        with self._lock:
+            self._paused = False
+            self._starved = False  # the time held was no underrun
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def flush(self, fade_ms: float = FADE_MS) -> None:
+        """Stop at once: keep `fade_ms` of what plays next, faded to zero, drop the rest.
+
+        Also ends a hold: what was held is dropped (it is silent already, so nothing is kept
+        to fade), and the next answer plays at full volume."""
+        with self._lock:
+            level = self._gain / self._fade_frames  # below 1 while held or fading back in
+            fade_frames = int(self.sample_rate * fade_ms / 1000 * level)
             head = self._take(min(fade_frames, self._queued))
             self.stats.dropped_samples += self._queued
             self._blocks.clear()
             self._queued = 0
             if len(head):
-                ramp = np.linspace(1.0, 0.0, len(head), endpoint=False)
+                ramp = np.linspace(level, 0.0, len(head), endpoint=False)
                 self._blocks.append((head * ramp).astype(np.int16))
                 self._queued = len(head)
+            self._paused = False
+            self._gain = self._fade_frames
             self._markers.clear()
             self._current = None  # the faded tail belongs to nothing the UI should highlight
             self._expecting = False
@@ -163,18 +194,32 @@ class PlaybackQueue:
         """Fill `out` (int16, one channel) from the queue; called by the output every block."""
         frames = len(out)
         with self._lock:
-            audio = self._take(min(frames, self._queued))
+            if self._paused:
+                audio = self._read_held(frames)
+            else:
+                audio = self._take(min(frames, self._queued))
+                if self._gain < self._fade_frames and len(audio):  # fading back in
+                    count = min(len(audio), self._fade_frames - self._gain)
+                    gains = (self._gain + 1 + np.arange(count)) / self._fade_frames
+                    audio = audio.copy()
+                    audio[:count] = (audio[:count] * gains).astype(np.int16)
+                    self._gain += count
             start = self._consumed
-            self._consumed += frames
+            # Held silence is not on the stream's clock: the markers of what is held keep
+            # their positions, and the count of samples played (what was heard) stands still.
+            self._consumed += len(audio) if self._paused else frames
             self.stats.samples_played += len(audio)
-            if len(audio) < frames and self._expecting:
+            if self._paused:
+                pass  # silence by request: no underrun
+            elif len(audio) < frames and self._expecting:
                 if not self._starved:  # count each time the queue runs dry, not each block
                     self.stats.underruns += 1
                 self._starved = True
             elif len(audio):
                 self._starved = False
             now = time.monotonic()
-            while self._markers and self._markers[0].position < start + frames:
+            end = start + (len(audio) if self._paused else frames)
+            while self._markers and self._markers[0].position < end:
                 marker = self._markers.popleft()
                 ahead_s = max(0, marker.position - start) / self.sample_rate
                 if marker.to_idle_queue:
@@ -190,6 +235,17 @@ class PlaybackQueue:
             out[len(audio) :] = 0
         if self._tap is not None:
             self._tap(out.copy())
+
+    def _read_held(self, frames: int) -> np.ndarray:
+        """While paused: what is left of the fade-out ramp, then nothing (lock held)."""
+        if not self._queued:
+            self._gain = 0  # nothing was cut off: the next audio fades in from silence
+        audio = self._take(min(frames, self._gain, self._queued))
+        if len(audio):
+            gains = (self._gain - np.arange(len(audio))) / self._fade_frames
+            audio = (audio * gains).astype(np.int16)
+            self._gain -= len(audio)
+        return audio
 
     @property
     def now_playing(self) -> Hashable | None:
@@ -396,8 +452,20 @@ class AudioPlayer:
             self._end_resampler()
         self.queue.finish()
 
+    def pause(self) -> None:
+        """Hold playback exactly where it is (`response.audio.paused`); chunks keep queueing."""
+        self.queue.pause()
+
+    def resume(self) -> None:
+        """Play on from where `pause()` held it (`response.audio.resumed`)."""
+        self.queue.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self.queue.paused
+
     def flush(self) -> None:
-        """Stop what plays now with a short fade (Esc, barge-in)."""
+        """Stop what plays now with a short fade (Esc, barge-in); also ends a pause."""
         with self._lock:
             self._resampler = None
             self._source_rate = None

@@ -161,6 +161,7 @@ async def ask(
         if out is not None and audio.sample_rate is not None:
             audio.write(out)
         if player is not None:
+            answer.end_hold()  # else waiting for it to play out would wait for ever
             player.finish()
     if player is not None:
         await player.wait_drained()
@@ -189,6 +190,8 @@ class _Answer:
     stderr: TextIO
     _line_open: bool = False  # answer text printed since the last newline
     _answers: int = 0  # response.created seen
+    _playing: str | None = None  # the response whose audio was queued last
+    _held: str | None = None  # the response whose playback response.audio.paused holds
     silent: bool = False  # the last answer completed with nothing to say aloud
 
     def show(self, event: dict[str, Any]) -> None:
@@ -203,21 +206,41 @@ class _Answer:
         elif kind == "audio.chunk":
             self.audio.add(event)
             if self.player is not None:
+                self._playing = event.get("response_id")
                 self.player.enqueue_wav(base64.b64decode(event["audio"]), event["segment"])
         elif kind == "response.created":
             self._answers += 1
+            self.end_hold()  # a held answer that another one follows never plays on
+        elif kind == "response.audio.paused":
+            # A later sound of the recording over the answer playing: hold it where it is.
+            if self.player is not None and event.get("response_id") == self._playing:
+                self._held = self._playing
+                self.player.pause()
+        elif kind == "response.audio.resumed":
+            if self.player is not None and self._held and event.get("response_id") == self._held:
+                self._held = None
+                self.player.resume()  # it was no interruption: play on from where it was held
         elif kind == "response.done":
+            if event.get("response_id") == self._held and event.get("status") != "completed":
+                self.end_hold()
             self.silent = bool(event.get("silent"))
             if note := TRUNCATED_NOTES.get(str(event.get("truncated"))):
                 self.error(note)
             if self.silent:
                 self.error(SILENT_NOTE)
         elif kind == "input_audio.speech_started" and self._answers and self.player is not None:
+            self._held = None
             self.player.flush()  # a later turn of the recording barges in: stop the last answer
         elif kind == "input_audio.transcript" and not self.json_lines and event["text"].strip():
             start = "\n" if self._line_open else ""
             print(f"{start}> {event['text'].strip()}", file=self.stdout, flush=True)
             self._line_open = False
+
+    def end_hold(self) -> None:
+        """Drop a held answer's audio: nothing will resume it (cancelled, or the exchange ended)."""
+        if self._held is not None and self.player is not None:
+            self._held = None
+            self.player.flush()
 
     def error(self, message: str) -> None:
         start = "\n" if self._line_open else ""

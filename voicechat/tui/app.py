@@ -8,9 +8,11 @@ unit is being heard and highlights that unit, so the highlight follows the sound
 With `mic=True` a second task streams the microphone (voicechat.audio.mic) to the server as
 `input_audio.append` frames: hands-free, the server's VAD finds the turns; with push-to-talk, F5
 starts a turn and F5 again commits it. The server's `input_audio.*` events drive the state in the
-status line (listening, heard you, thinking, speaking) and put the transcript in as the user's
-turn. When the user starts speaking over an answer (`speech_started`), playback stops at once and
-the server is told how much of that answer was heard (`response.truncate`).
+status line (listening, hearing you, still your turn…, thinking, speaking, paused) and put the
+transcript in as the user's turn. A sound over an answer first holds its playback where it is
+(`response.audio.paused`): a backchannel, a cough or the answer's own echo lets it play on from
+there (`response.audio.resumed`); a real interruption (`speech_started`) stops it at once and the
+server is told how much of that answer was heard (`response.truncate`).
 """
 
 from __future__ import annotations
@@ -165,7 +167,9 @@ class VoiceChatApp(App[None]):
         self.microphone: Microphone | None = None
         self.speech_input = False  # the microphone streams to this connection
         self.recording = False  # push-to-talk: a turn is being recorded
-        self.voice_phase: str | None = None  # "heard you", "thinking"; None: listening
+        # "hearing you", "still your turn…", "thinking"; None: listening (or speaking)
+        self.voice_phase: str | None = None
+        self._held: str | None = None  # the answer whose playback response.audio.paused holds
         self.voice_pending: dict[str, AnswerView] = {}  # a spoken turn's item_id -> its answer
         self._speech_off_told = False
         # Where each answer's audio starts in the player's count of samples played (None:
@@ -304,6 +308,7 @@ class VoiceChatApp(App[None]):
         self.voice_pending.clear()
         self.speech_input = self.recording = False
         self.voice_phase = None
+        self._held = None
         self._truncations.clear()
         if self.player is not None:
             self.player.flush()
@@ -328,6 +333,8 @@ class VoiceChatApp(App[None]):
         """Show one server event (public so tests and tools can drive the UI directly)."""
         kind = event.get("type")
         if kind == "response.created":
+            if self._held is not None:  # a held answer was interrupted: stop it, as speech would
+                self._interrupt_playback()
             reply_to = event.get("in_reply_to")
             if reply_to is not None:  # a spoken turn (typed messages carry no id)
                 view = self.voice_pending.pop(reply_to, None) or self._add_answer()
@@ -350,10 +357,23 @@ class VoiceChatApp(App[None]):
         elif kind == "error":
             self._on_error(event)
         elif kind == "input_audio.speech_started":
-            self.voice_phase = None  # listening to the user
+            self.voice_phase = "hearing you"
             self._interrupt_playback()
+        elif kind == "input_audio.end_of_turn":
+            # complete=false: the thought sounds unfinished, the server waits longer for more;
+            # true (the turn is about to end) or null (not judged): back to hearing the user.
+            self.voice_phase = (
+                "still your turn…" if event.get("complete") is False else "hearing you"
+            )
         elif kind in ("input_audio.speech_stopped", "input_audio.committed"):
-            self.voice_phase = "heard you"
+            self.voice_phase = "thinking"
+        elif kind == "response.audio.paused":
+            self._hold(event.get("response_id"))
+        elif kind == "response.audio.resumed":
+            if self._held is not None and event.get("response_id") == self._held:
+                self._held = None
+                if self.player is not None:
+                    self.player.resume()
         elif kind == "input_audio.transcript":
             self._on_transcript(event)
         elif kind == "response.truncated":
@@ -370,6 +390,18 @@ class VoiceChatApp(App[None]):
         self.query_one("#transcript", VerticalScroll).mount(UserLine(text, spoken=True))
         self.voice_pending[event.get("item_id", "")] = self._add_answer()
         self.voice_phase = "thinking"
+
+    def _hold(self, response_id: str | None) -> None:
+        """Hold the answer being played where it is: the user made a sound over it.
+
+        Only the answer whose audio plays (or is queued last) is held; a pause for another
+        one, or one already stopped, is ignored. Its chunks keep queueing while it is held."""
+        view = self.answers.get(response_id or "")
+        if view is None or view.silenced or response_id != self._last_audio:
+            return
+        if self.player is not None and (self.player.queue.busy or not view.status):
+            self._held = response_id
+            self.player.pause()
 
     def _play_chunk(self, event: dict[str, Any]) -> None:
         view = self.answers.get(event.get("response_id", ""))
@@ -391,6 +423,12 @@ class VoiceChatApp(App[None]):
 
     def _finish_answer(self, event: dict[str, Any]) -> None:
         view = self.answers.get(event.get("response_id", ""))
+        if (
+            view is not None
+            and view.response_id == self._held
+            and event.get("status") != "completed"
+        ):
+            self._interrupt_playback()  # held, then cancelled: it never plays on
         if view is not None:
             view.status = event.get("status", "")
             view.text = event.get("text", view.text)  # what was spoken, if it ended early
@@ -502,7 +540,8 @@ class VoiceChatApp(App[None]):
         if self.player is None or start is None:
             return 0
         played = self.player.stats.samples_played - start
-        in_device_s = self.player.queue.output_latency_s  # handed over, not yet heard
+        # Handed over, not yet heard; while held, the device has long played that out.
+        in_device_s = 0.0 if self.player.paused else self.player.queue.output_latency_s
         return max(0, round(1000 * (played / self.player.sample_rate - in_device_s)))
 
     def _send_truncate(self, response_id: str, audio_end_ms: int) -> None:
@@ -536,14 +575,15 @@ class VoiceChatApp(App[None]):
                 for frame in self.microphone.read_nowait():  # the last words before F5
                     await connection.append_audio(frame)
                 await connection.commit_audio()
-                self.voice_phase = "heard you"
+                self.voice_phase = "thinking"
         except ConnectionLost:
             pass
         self._refresh_status()
 
     def _stop_local_audio(self) -> None:
+        self._held = None
         if self.player is not None:
-            self.player.flush()
+            self.player.flush()  # also ends a hold
         for view in self.answers.values():
             if not view.status:
                 view.silenced = True
@@ -562,9 +602,9 @@ class VoiceChatApp(App[None]):
         """Highlight the unit being heard; runs 20 times a second."""
         playing = self.player.now_playing if self.player is not None else None
         response_id, segment = playing if isinstance(playing, tuple) else (None, None)
-        if response_id is not None:
+        if response_id is not None and self.player is not None and not self.player.paused:
             self.voice_phase = None  # speaking now
-            if self._audio_start.get(response_id, 0) is None and self.player is not None:
+            if self._audio_start.get(response_id, 0) is None:
                 self._audio_start[response_id] = self.player.stats.samples_played
         for view in self.answers.values():
             heard = segment if view.response_id == response_id else None
@@ -585,13 +625,15 @@ class VoiceChatApp(App[None]):
         player = self.player
         if player is None:
             return "no audio"
-        state = "muted" if player.muted else ("playing" if player.queue.busy else "idle")
+        state = "playing" if player.queue.busy else "idle"
+        state = "muted" if player.muted else ("paused" if player.paused else state)
         note = f" ({self.audio_note})" if self.audio_note else ""
         underruns = player.stats.underruns
         return f"{state}{note} · {underruns} underrun{'' if underruns == 1 else 's'}"
 
     def mic_state(self) -> str:
-        """listening, heard you, thinking, speaking (push-to-talk: recording, or the key)."""
+        """listening, hearing you, still your turn…, thinking, speaking, paused (push-to-talk:
+        recording, or the key)."""
         if self.microphone is None:
             return "no microphone"
         if self.connection is None:
@@ -600,6 +642,8 @@ class VoiceChatApp(App[None]):
             return "speech input off"
         if self.recording:
             return f"recording, {TALK_KEY.upper()} to send"
+        if self.player is not None and self.player.paused:
+            return "paused"
         if self.player is not None and self.player.now_playing is not None:
             return "speaking"
         if self.voice_phase:

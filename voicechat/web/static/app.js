@@ -77,6 +77,8 @@ const chat = {
   answers: new Map(), // response_id -> answer
   pending: new Map(), // our message id -> answer still waiting for its response.created
   audioAnswer: null, // the one response whose audio may play; chunks of others are dropped
+  playingAnswer: null, // the response whose audio was pushed last (it may still be playing)
+  heldAnswer: null, // the response whose playback response.audio.paused holds
   ignoredChunks: 0,
   notices: [],
   lastMetrics: null,
@@ -88,7 +90,9 @@ const speech = {
   known: false, // a session.created has said whether it is on
   inputAudio: null, // the session's input_audio settings, as the server last reported them
   hearing: false, // speech_started came; its transcript (or no_speech) has not
-  label: "", // what the page shows: listening | heard you | thinking | speaking | ...
+  stillYourTurn: false, // end_of_turn said the thought sounds unfinished; the turn goes on
+  committed: false, // the turn ended (speech_stopped, committed); its transcript has not come
+  label: "", // listening | hearing you | still your turn… | thinking | speaking | paused | ...
   history: [], // every label shown, in order (for the hook)
   note: "", // a quiet line next to the state: "didn't catch that", why the mic stopped
   level: 0,
@@ -217,7 +221,7 @@ function onSessionCreated(message) {
   speech.known = true;
   speech.stt = typeof message.stt === "string" && message.stt ? message.stt : null;
   speech.inputAudio = message.input_audio ?? null;
-  speech.hearing = false;
+  speech.hearing = speech.stillYourTurn = speech.committed = false;
   if (speech.stt) {
     send({ type: "session.update", ...SPEECH_SETTINGS });
   } else if (mic.state !== "off") {
@@ -230,7 +234,7 @@ function onSessionCreated(message) {
 
 async function onClosed(event, created, token) {
   chat.socket = null;
-  speech.hearing = false;
+  speech.hearing = speech.stillYourTurn = speech.committed = false;
   stopLocalAudio();
   interruptAnswers();
   if (event.code === 1008 && !created) {
@@ -310,6 +314,20 @@ function applyEvent(message) {
       return onError(message);
     case "input_audio.speech_started":
       return onSpeechStarted();
+    case "input_audio.end_of_turn":
+      // complete=false: the thought sounds unfinished, the server waits longer for more;
+      // true (about to end) or null (not judged: the silence rule decides): hearing the user.
+      speech.stillYourTurn = message.complete === false;
+      return;
+    case "input_audio.speech_stopped":
+    case "input_audio.committed":
+      speech.stillYourTurn = false;
+      speech.committed = true; // until its transcript (or an error about the turn)
+      return;
+    case "response.audio.paused":
+      return onAudioPaused(message);
+    case "response.audio.resumed":
+      return onAudioResumed(message);
     case "input_audio.transcript":
       return onTranscript(message);
     case "session.updated":
@@ -321,9 +339,12 @@ function applyEvent(message) {
 }
 
 function onResponseCreated(message) {
+  const interrupted = chat.heldAnswer !== null; // a held answer turned out interrupted
+  if (interrupted) interruptPlayback();
   let answer = chat.pending.get(message.in_reply_to);
   chat.pending.delete(message.in_reply_to);
   answer ??= addAnswer(); // an answer we did not ask for on this page (a shared conversation)
+  if (interrupted) answer.silenced = false; // the old one stops, this new one plays
   answer.responseId = message.response_id;
   chat.answers.set(answer.responseId, answer);
   if (!answer.silenced) chat.audioAnswer = answer.responseId;
@@ -351,12 +372,16 @@ function onAudioChunk(message) {
     return;
   }
   answer.chunks += 1;
+  chat.playingAnswer = answer.responseId;
   player.push(answer.responseId, message.segment, wav.samples, wav.sampleRate);
 }
 
 function onResponseDone(message) {
   const answer = chat.answers.get(message.response_id);
   if (!answer) return;
+  if (message.response_id === chat.heldAnswer && message.status !== "completed") {
+    interruptPlayback(); // held, then cancelled: it never plays on
+  }
   answer.status = message.status;
   answer.text = typeof message.text === "string" ? message.text : answer.text;
   answer.truncated = message.truncated ?? null;
@@ -389,10 +414,11 @@ function onError(message) {
     return;
   }
   if (message.code === "no_speech") {
-    speech.hearing = false;
+    speech.hearing = speech.stillYourTurn = speech.committed = false;
     setMicNote("Didn't catch that.");
     return; // quiet: not a notice in the transcript
   }
+  if (message.item_id) speech.hearing = speech.stillYourTurn = speech.committed = false;
   if (message.code === "speech_input_off") {
     speech.stt = null;
     mic.stop(STT_OFF);
@@ -439,8 +465,10 @@ function stopSpeaking() {
  * with the player's flush report (which answer was playing, how much of it was heard).
  */
 function stopLocalAudio() {
-  const report = player.flush();
+  const report = player.flush(); // also ends a hold
   chat.audioAnswer = null;
+  chat.playingAnswer = null;
+  chat.heldAnswer = null;
   for (const answer of [...chat.answers.values(), ...chat.pending.values()]) {
     if (!answer.status) answer.silenced = true;
   }
@@ -516,7 +544,7 @@ function onMicState(state, reason) {
       send({ type: "session.update", echo_guard: true });
     }
   } else if (state === "off") {
-    speech.hearing = false;
+    speech.hearing = speech.stillYourTurn = speech.committed = false;
     speech.level = 0;
     if (reason) setMicNote(reason instanceof Error ? reason.message : `Microphone off: ${reason}.`);
   }
@@ -542,9 +570,34 @@ function onMicFrame(pcm, level) {
  * The user began speaking (over an answer: the server has cancelled it). Silence the page at
  * once, then tell the server how much of the answer was heard, from the player's own position.
  */
-async function onSpeechStarted() {
+function onSpeechStarted() {
   speech.hearing = true;
+  speech.stillYourTurn = speech.committed = false;
   setMicNote("");
+  return interruptPlayback();
+}
+
+/**
+ * The server heard the user start a sound over the answer that plays: hold it where it is
+ * (its chunks keep queueing). Only that answer's pause counts, and only while it plays.
+ */
+function onAudioPaused(message) {
+  const answer = chat.answers.get(message.response_id);
+  if (!answer || answer.silenced || message.response_id !== chat.playingAnswer) return;
+  if (answer.status && !audible(player.stats())) return; // played out already
+  chat.heldAnswer = answer.responseId;
+  player.pause();
+}
+
+/** Not an interruption after all (a "yeah", a cough, its own echo): play on from the hold. */
+function onAudioResumed(message) {
+  if (chat.heldAnswer === null || message.response_id !== chat.heldAnswer) return;
+  chat.heldAnswer = null;
+  player.resume();
+}
+
+/** Stop the answer the user spoke over, and report how much of it was heard (truncate). */
+async function interruptPlayback() {
   // An answer not audible yet counts too (heard: nothing), even one still waiting for its
   // response.created.
   const waiting = [...chat.pending.values()].filter((answer) => !answer.silenced).at(-1);
@@ -571,7 +624,7 @@ function sendTruncate(answer) {
 }
 
 function onTranscript(message) {
-  speech.hearing = false;
+  speech.hearing = speech.stillYourTurn = speech.committed = false;
   const text = typeof message.text === "string" ? message.text.trim() : "";
   if (!text) return; // no_speech follows
   addTurn({ role: "user", text, voice: true });
@@ -596,7 +649,10 @@ function micLabel(stats) {
   if (mic.state === "starting") return "starting…";
   if (mic.state !== "on") return "";
   if (!connected()) return "paused: not connected";
-  if (speech.hearing) return "heard you";
+  if (player.paused) return "paused";
+  if (speech.committed) return "thinking";
+  if (speech.stillYourTurn) return "still your turn…";
+  if (speech.hearing) return "hearing you";
   if (audible(stats)) return "speaking";
   const answers = [...chat.pending.values(), ...chat.answers.values()];
   if (answers.some((answer) => !answer.status && !answer.silenced)) return "thinking";
@@ -630,7 +686,7 @@ function renderMic(stats) {
     if (speech.history.length > 100) speech.history.shift();
   }
   ui.voice.hidden = !label && !speech.note;
-  ui.voice.dataset.state = label.replace(/[^a-z]+/g, "-");
+  ui.voice.dataset.state = label.replace(/[^a-z]+/g, "-").replace(/^-|-$/g, "");
   ui.voice.dataset.mic = mic.state;
   ui.micState.textContent = label;
   ui.micNote.textContent = speech.note;

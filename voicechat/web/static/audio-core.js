@@ -253,10 +253,19 @@ function besselI0(x) {
  * One queue of float samples, each block labelled with its answer and speech unit; the
  * worklet pulls from it every render quantum. Running dry while the answer is still coming
  * (after a push, before `end()`) is an underrun, counted once per dry spell.
+ *
+ * `pause()` holds the read position (the server heard the user start a sound over the
+ * answer): zeros come out, nothing queued is dropped, pushes keep queueing, and `resume()`
+ * plays on from the very next sample. The volume ramps over `fadeSamples` into the hold and
+ * out of it, on the samples themselves: none is skipped or repeated, and there is no click.
  */
 export class SampleQueue {
-  constructor({ maxSamples = Infinity } = {}) {
+  constructor({ maxSamples = Infinity, fadeSamples = 1 } = {}) {
     this.maxSamples = maxSamples; // a bound on memory; beyond it samples are dropped
+    this.fadeSamples = Math.max(1, fadeSamples); // the hold's volume ramp
+    this.gain = this.fadeSamples; // of fadeSamples: full volume; 0: held (silent)
+    this.paused = false;
+    this.held = 0; // samples of silence put out while paused
     this.blocks = []; // {samples, offset, answer, segment}
     this.queued = 0;
     this.received = 0;
@@ -290,12 +299,44 @@ export class SampleQueue {
     this.dry = false;
   }
 
+  /** Hold playback where it is: zeros out, every sample kept (and pushes still queued). */
+  pause() {
+    this.paused = true;
+  }
+
+  /** Play on from the exact sample where the hold began. */
+  resume() {
+    this.paused = false;
+    this.dry = false; // the time held was no underrun
+  }
+
   /** Fill `out` from the queue, zeros past its end; returns how many samples were audio. */
   pull(out) {
+    if (this.paused) return this.pullHeld(out);
+    const filled = this.take(out, out.length);
+    for (let i = 0; i < filled && this.gain < this.fadeSamples; i++) {
+      out[i] *= ++this.gain / this.fadeSamples; // fading back in after a hold
+    }
+    this.noteDryness(filled < out.length);
+    return filled;
+  }
+
+  /** While paused: what is left of the fade into the hold, then zeros. */
+  pullHeld(out) {
+    if (!this.queued) this.gain = 0; // nothing cut off: the next audio fades in from silence
+    const filled = this.take(out, Math.min(out.length, this.gain));
+    for (let i = 0; i < filled; i++) out[i] *= (this.gain - i) / this.fadeSamples;
+    this.gain -= filled;
+    this.held += out.length - filled;
+    return filled;
+  }
+
+  /** Up to `limit` queued samples into `out` (zeros after them); how many were audio. */
+  take(out, limit) {
     let filled = 0;
-    while (filled < out.length && this.blocks.length) {
+    while (filled < limit && this.blocks.length) {
       const block = this.blocks[0];
-      const n = Math.min(out.length - filled, block.samples.length - block.offset);
+      const n = Math.min(limit - filled, block.samples.length - block.offset);
       out.set(block.samples.subarray(block.offset, block.offset + n), filled);
       filled += n;
       block.offset += n;
@@ -307,7 +348,6 @@ export class SampleQueue {
     this.queued -= filled;
     this.played += filled;
     this.position += filled;
-    this.noteDryness(filled < out.length);
     return filled;
   }
 
@@ -320,12 +360,16 @@ export class SampleQueue {
   /**
    * Stop now: keep the next `fadeSamples`, ramped down to zero (no click), drop everything
    * else. Returns what was kept and dropped, and the answer's played count at that moment.
+   * Ends a hold too: what was held is silent already, so it is all dropped, none faded.
    */
   flush(fadeSamples) {
     const head = this.blocks[0];
     const report = { answer: head ? head.answer : null, faded: 0, dropped: 0, played: 0 };
     if (head) report.played = this.countsOf(head.answer).played;
-    const fade = new Float32Array(Math.min(fadeSamples, this.queued));
+    const level = this.gain / this.fadeSamples; // below 1 while held or fading back in
+    this.paused = false;
+    this.gain = this.fadeSamples;
+    const fade = new Float32Array(Math.min(Math.round(fadeSamples * level), this.queued));
     const fadeBlock = head && fade.length ? { ...head } : null;
     for (const block of this.blocks) {
       let from = block.offset;
@@ -339,7 +383,7 @@ export class SampleQueue {
       this.drop(this.countsOf(block.answer), rest);
       report.dropped += rest;
     }
-    for (let i = 0; i < report.faded; i++) fade[i] *= 1 - i / report.faded;
+    for (let i = 0; i < report.faded; i++) fade[i] *= level * (1 - i / report.faded);
     this.position += report.dropped;
     this.blocks = [];
     this.queued = 0;
@@ -377,6 +421,8 @@ export class SampleQueue {
       position: this.position,
       queued: this.queued,
       current: this.current,
+      paused: this.paused,
+      held: this.held,
       answers: Object.fromEntries(this.answers),
     };
   }

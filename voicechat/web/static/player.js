@@ -27,6 +27,7 @@ export class Player {
     this.flushes = []; // what each flush that stopped audio kept and dropped (for the hook)
     this.flushWaiters = []; // one per flush in flight: the output reports them in order
     this.sent = new Map(); // answer -> samples handed to the output (after resampling)
+    this.paused = false; // held by response.audio.paused: silence out, nothing lost
   }
 
   /** Create or resume the AudioContext; call it from a user gesture (Safari and iOS need one). */
@@ -80,7 +81,10 @@ export class Player {
   /** iOS interrupts a context (a call, the screen locked): resume it when allowed. */
   onContextState() {
     const state = this.context.state;
-    if (state === "interrupted" || state === "suspended") this.context.resume().catch(() => {});
+    const held = this.paused && this.output?.kind === "buffer"; // suspended on purpose
+    if (state === "interrupted" || (state === "suspended" && !held)) {
+      this.context.resume().catch(() => {});
+    }
     this.onStateChange();
   }
 
@@ -132,6 +136,7 @@ export class Player {
   flush() {
     this.resampler = null;
     this.streamRate = null;
+    this.paused = false; // the output's flush ends its hold too
     if (!this.output) {
       this.waiting = []; // nothing has played yet
       return Promise.resolve({ answer: null, played: 0, faded: 0, dropped: 0, rate: null });
@@ -139,6 +144,23 @@ export class Player {
     const report = new Promise((resolve) => this.flushWaiters.push(resolve));
     this.output.flush(FADE_MS);
     return report;
+  }
+
+  /**
+   * Hold playback exactly where it is (the server heard the user start a sound over the
+   * answer): silence out, every queued sample kept, chunks pushed meanwhile queue behind them.
+   */
+  pause() {
+    if (this.paused) return;
+    this.paused = true;
+    this.send("pause");
+  }
+
+  /** Play on from where `pause()` held it, not one sample lost or repeated. */
+  resume() {
+    if (!this.paused) return;
+    this.paused = false;
+    this.send("resume");
   }
 
   setMuted(muted) {
@@ -158,6 +180,7 @@ export class Player {
       contextRate: this.context?.sampleRate ?? null,
       streamRate: this.streamRate,
       muted: this.muted,
+      holding: this.paused,
       note: this.note,
       ...counters,
       flushes: this.flushes.slice(-10),
@@ -194,6 +217,14 @@ class WorkletOutput {
     this.node.port.postMessage({ type: "flush", fadeMs });
   }
 
+  pause() {
+    this.node.port.postMessage({ type: "pause" });
+  }
+
+  resume() {
+    this.node.port.postMessage({ type: "resume" });
+  }
+
   stats() {
     const { type, ...counters } = this.latest;
     return counters;
@@ -215,6 +246,7 @@ class BufferOutput {
     this.cursor = 0; // context time at which the next chunk starts
     this.scheduled = []; // {source, start, length, answer, segment}, oldest first
     this.expecting = false;
+    this.paused = false; // the context is suspended to hold playback
     this.counters = new SampleQueue(); // only its counters: received, played, dropped, answers
     this.newGeneration();
   }
@@ -249,12 +281,29 @@ class BufferOutput {
     this.expecting = false;
   }
 
+  /** Scheduled sources cannot be held one by one: the whole context is, which is all they are. */
+  pause() {
+    this.paused = true;
+    this.context.suspend().catch(() => {});
+  }
+
+  resume() {
+    this.paused = false;
+    this.context.resume().catch(() => {});
+  }
+
   flush(fadeMs) {
+    const held = this.paused; // what is held is silent already: it goes at once, unfaded
+    if (held) this.resume();
     this.settle();
     const now = this.context.currentTime;
-    const fadeEnd = now + fadeMs / 1000;
-    this.gain.gain.setValueAtTime(1, now);
-    this.gain.gain.linearRampToValueAtTime(0, fadeEnd);
+    const fadeEnd = now + (held ? 0 : fadeMs / 1000);
+    if (held) {
+      this.gain.gain.setValueAtTime(0, now);
+    } else {
+      this.gain.gain.setValueAtTime(1, now);
+      this.gain.gain.linearRampToValueAtTime(0, fadeEnd);
+    }
     const head = this.scheduled[0];
     const report = { answer: head?.answer ?? null, played: 0, faded: 0, dropped: 0 };
     if (head) report.played = this.counters.countsOf(head.answer).played + this.heard(head, now);
@@ -309,6 +358,7 @@ class BufferOutput {
       stats.answers[chunk.answer].played += heard;
     }
     stats.position = stats.played + stats.dropped;
+    stats.paused = this.paused;
     const playing = this.scheduled.find((chunk) => chunk.start <= now); // settled: not finished
     if (playing) stats.current = { answer: playing.answer, segment: playing.segment };
     else if (!this.expecting) stats.current = null; // between answers; in a dry spell keep it
