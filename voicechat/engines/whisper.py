@@ -8,6 +8,7 @@ CTranslate2 reads them (`voicechat.speech.models`).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +19,17 @@ import numpy as np
 from voicechat.speech.models import load_files
 
 SELF_CHECK_SECONDS = 1.0
+SAMPLE_RATE = 16000
+# Whisper's encoder always reads a 30 s window (the audio padded with silence): most of the
+# time of a 3 s question. A window a little longer than the audio gives the same words ~40 %
+# sooner (scripts/bench_speech.py wer, docs/performance.md): the trick whisper.cpp calls
+# audio_ctx. Never shorter than this, so a short "yes" still has context.
+MIN_WINDOW_S = 8
+
+
+def encoder_window_s(audio_s: float) -> int:
+    """The encoder's window for `audio_s` of audio: the audio and a second more, 8-30 s."""
+    return max(MIN_WINDOW_S, min(30, math.ceil(audio_s) + 1))
 
 
 class WhisperEngine:
@@ -57,6 +69,7 @@ class WhisperEngine:
         segments, info = self._model.transcribe(
             audio,
             language=language or self.language,
+            chunk_length=encoder_window_s(len(audio) / SAMPLE_RATE),
             beam_size=1,
             without_timestamps=True,
             condition_on_previous_text=False,
