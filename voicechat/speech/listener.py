@@ -457,26 +457,25 @@ class Listener:
         self._speculation = (at_ms, job, follow)
 
     async def _follow_speculation(self, at_ms: int, job: Job) -> None:
-        """The pause's transcript: start a held answer on it, and judge it by meaning. The
-        verdict goes to the listener's task, which owns the turn rules."""
+        """The pause's transcript: judge it by meaning, and unless it is unfinished start a
+        held answer on it. The verdict goes to the listener's task, which owns the turn rules."""
         try:  # (shielded: when the turn ends here, this task goes but the job is the turn's)
             heard = await asyncio.shield(job.future)
         except STTError:
             return  # the turn's own transcription will say so, if the turn ends here
         item_id = self._item_id
         speakable = bool(words(heard.text))
-        if speakable:
-            self._preempted = True
-            await self.host.preempt(item_id, heard.text)
         complete: bool | None = None
+        # The verdict first: ~40 ms alone, but starved behind an answer's llama.cpp threads.
         if self._detector.rules.semantic and speakable and self.end_of_turn:
             if judges_language(heard.language):
                 try:
                     complete = await self.end_of_turn.complete(heard.text, self.settings.eagerness)
                 except Exception as exc:  # a failed worker: silence decides this pause
                     log.warning("end-of-turn model failed (%r): silence decides", exc)
-        if complete is False:
-            await self._drop_preempted()  # the user is likely to go on: free the CPU
+        if speakable and complete is not False:  # (unfinished: the user is likely to go on)
+            self._preempted = True
+            await self.host.preempt(item_id, heard.text)
         self._verdict = (at_ms, complete)
         with suppress(asyncio.QueueFull):  # full: the next audio frame applies it
             self._queue.put_nowait(("verdict", b""))
