@@ -233,8 +233,8 @@ def test_workers_die_with_a_killed_server(serve_process: Any) -> None:
         pytest.fail("the server never started")
     health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=WAIT_S).json()
     pids = [worker["pid"] for worker in health["workers"].values()]
-    # llm, piper, espeak, and speech input: vad, whisper
-    assert len(pids) == 5 and all(alive(pid) for pid in pids), health
+    # llm, piper, espeak, and speech input: vad, whisper, turn (the end-of-turn model)
+    assert len(pids) == 6 and all(alive(pid) for pid in pids), health
     os.kill(process.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5  # they die at once (PR_SET_PDEATHSIG); a hang guard
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:

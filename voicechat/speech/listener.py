@@ -461,8 +461,9 @@ class Listener:
         held answer on it. The verdict goes to the listener's task, which owns the turn rules."""
         try:  # (shielded: when the turn ends here, this task goes but the job is the turn's)
             heard = await asyncio.shield(job.future)
-        except STTError:
-            return  # the turn's own transcription will say so, if the turn ends here
+        except STTError:  # silence decides this pause; the turn's own transcription will
+            self._post_verdict(at_ms, None)  # say what failed, if the turn ends here
+            return
         item_id = self._item_id
         speakable = bool(words(heard.text))
         complete: bool | None = None
@@ -476,6 +477,9 @@ class Listener:
         if speakable and complete is not False:  # (unfinished: the user is likely to go on)
             self._preempted = True
             await self.host.preempt(item_id, heard.text)
+        self._post_verdict(at_ms, complete)
+
+    def _post_verdict(self, at_ms: int, complete: bool | None) -> None:
         self._verdict = (at_ms, complete)
         with suppress(asyncio.QueueFull):  # full: the next audio frame applies it
             self._queue.put_nowait(("verdict", b""))
