@@ -1,15 +1,16 @@
 """Whisper (faster-whisper on CTranslate2, int8), inside the speech-recognition worker process.
 
 One request is one finished turn: 16 kHz PCM16 in, its text out. Decoding is greedy (beam 1)
-without timestamps: on two cores that is what keeps a 3 s question near 0.6 s
-(../docs/performance.md). The weights come from pip packages and are checked by sha256 before
-CTranslate2 reads them (`voicechat.speech.models`).
+without timestamps over an encoder window just longer than the audio: on two cores a 2 s
+question takes ~0.12 s instead of ~0.34 s (../docs/performance.md). The weights come from pip
+packages and are checked by sha256 before CTranslate2 reads them (`voicechat.speech.models`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,16 +21,36 @@ from voicechat.speech.models import load_files
 
 SELF_CHECK_SECONDS = 1.0
 SAMPLE_RATE = 16000
-# Whisper's encoder always reads a 30 s window (the audio padded with silence): most of the
-# time of a 3 s question. A window a little longer than the audio gives the same words ~40 %
-# sooner (scripts/bench_speech.py wer, docs/performance.md): the trick whisper.cpp calls
-# audio_ctx. Never shorter than this, so a short "yes" still has context.
-MIN_WINDOW_S = 8
+# Whisper's encoder reads a 30 s window (the audio padded with silence) in faster-whisper's
+# transcribe(), whatever its chunk_length: ~260 ms of a 2 s question's ~340 ms here. The short
+# path below encodes a window a little longer than the audio instead (whisper.cpp's audio_ctx):
+# ~115 ms for a 10 s window. The price: a few more misheard words (tiny.en, 25 sentences by
+# two voices: WER 1.1 -> 3.3 % for Piper, 15.6 -> 20 % for espeak-ng). Never shorter than
+# MIN_WINDOW_S: at 8 s and below tiny.en starts to repeat itself ("What is the capital of
+# France? What is the capital of ...").
+MIN_WINDOW_S = 10
+FRAMES_PER_S = 100  # log-mel frames (hop of 160 samples at 16 kHz)
+# Whisper's own guards against hallucinated text, as faster-whisper applies them: a window
+# that is probably no speech and decoded without confidence is dropped; a decode that repeats
+# itself (compressible text, or one that ran to its token cap) is redone by the full path,
+# which falls back to sampling at higher temperatures.
+NO_SPEECH_THRESHOLD = 0.6
+LOG_PROB_THRESHOLD = -1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+TOKENS_PER_S = 10  # the most tokens a second of speech can need (fast speech is ~6), ...
+TOKENS_BASE = 16  # ... plus this: the short path's cap on a decode
 
 
 def encoder_window_s(audio_s: float) -> int:
-    """The encoder's window for `audio_s` of audio: the audio and a second more, 8-30 s."""
+    """The encoder's window for `audio_s` of audio: the audio and a second more, 10-30 s."""
     return max(MIN_WINDOW_S, min(30, math.ceil(audio_s) + 1))
+
+
+def repeats_a_sentence(text: str) -> bool:
+    """Whisper's loop on a short window: the same sentence of two words or more, twice."""
+    sentences = [" ".join(part.lower().split()) for part in re.split(r"[.?!]+", text)]
+    said = [sentence for sentence in sentences if len(sentence.split()) >= 2]
+    return len(said) != len(set(said))
 
 
 class WhisperEngine:
@@ -66,10 +87,60 @@ class WhisperEngine:
     def transcribe(
         self, audio: np.ndarray, language: str | None, cancelled: Callable[[], bool]
     ) -> tuple[str, str]:
+        language = language or self.language
+        audio_s = len(audio) / SAMPLE_RATE
+        if language is not None and math.ceil(audio_s) + 1 < 30:
+            text = self._transcribe_window(audio, language)
+            if text is not None:
+                return text, language
+        return self._transcribe_full(audio, language, cancelled)
+
+    def _transcribe_window(self, audio: np.ndarray, language: str) -> str | None:
+        """One greedy decode over a window just longer than the audio; None: it repeated
+        itself, so the full path should decide."""
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+
+        model = self._model
+        frames = encoder_window_s(len(audio) / SAMPLE_RATE) * FRAMES_PER_S
+        features = pad_or_trim(model.feature_extractor(audio), frames)
+        tokenizer = Tokenizer(
+            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
+        )
+        prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
+        cap = TOKENS_BASE + math.ceil(TOKENS_PER_S * len(audio) / SAMPLE_RATE)
+        result = model.model.generate(
+            model.encode(features),
+            [prompt],
+            beam_size=1,
+            max_length=len(prompt) + cap,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+        )[0]
+        tokens = result.sequences_ids[0]
+        text = str(tokenizer.decode(tokens)).strip()
+        if (
+            len(tokens) >= cap
+            or get_compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
+            or repeats_a_sentence(text)
+        ):
+            return None
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
+            return ""
+        return text
+
+    def _transcribe_full(
+        self, audio: np.ndarray, language: str | None, cancelled: Callable[[], bool]
+    ) -> tuple[str, str]:
+        """faster-whisper's own decode: a 30 s window per segment, language detection and
+        temperature fallback; for long turns, unknown languages and decodes that looped."""
         segments, info = self._model.transcribe(
             audio,
-            language=language or self.language,
-            chunk_length=encoder_window_s(len(audio) / SAMPLE_RATE),
+            language=language,
             beam_size=1,
             without_timestamps=True,
             condition_on_previous_text=False,
