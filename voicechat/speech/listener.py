@@ -69,6 +69,9 @@ QUEUE_AUDIO_MS = 30_000  # …holding at most this much audio (256 frames of 1 s
 SERVER_VAD, PUSH_TO_TALK = "server_vad", "push_to_talk"
 SEMANTIC, SILENCE = "semantic", "silence"  # what ends a server_vad turn
 GAP_KEEP_MS = 50  # of a pause inside a turn, this much is kept on each side
+# One or two words ("Hello", "Okay", "So") are a whole turn to the end-of-turn model, but as
+# often the opening of a longer one, before a comma's pause (~250-300 ms): silence decides.
+SHORT_TURN_WORDS = 2
 ECHO_CHECK_TIMEOUT_S = 3.0  # a recognizer slower than this: the speech is taken as the user's
 ECHO_SHARE = 0.5  # speech whose words are at least this share of the answer's is its echo
 STT_BUSY = "stt_busy"  # the error code of a shed turn (protocol.md)
@@ -468,7 +471,8 @@ class Listener:
         speakable = bool(words(heard.text))
         complete: bool | None = None
         # The verdict first: ~40 ms alone, but starved behind an answer's llama.cpp threads.
-        if self._detector.rules.semantic and speakable and self.end_of_turn:
+        judged = len(words(heard.text)) > SHORT_TURN_WORDS
+        if self._detector.rules.semantic and judged and self.end_of_turn:
             if judges_language(heard.language):
                 try:
                     complete = await self.end_of_turn.complete(heard.text, self.settings.eagerness)

@@ -32,7 +32,7 @@ class Eagerness:
 
 EAGERNESS_RULES = {
     HIGH: Eagerness(threshold=-7.4, complete_ms=0, incomplete_ms=1500),
-    MEDIUM: Eagerness(threshold=-7.0, complete_ms=250, incomplete_ms=2500),
+    MEDIUM: Eagerness(threshold=-7.0, complete_ms=350, incomplete_ms=2500),
     LOW: Eagerness(threshold=-6.6, complete_ms=500, incomplete_ms=3500),
 }
 

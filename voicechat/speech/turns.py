@@ -34,7 +34,7 @@ class TurnRules:
     end_threshold: float = 0.35
     start_ms: int = 64
     silence_ms: int = 600
-    pause_ms: int = 160  # a pause this long starts a speculative transcription
+    pause_ms: int = 64  # a pause this long starts a speculative transcription
     barge_in_ms: int = 500
     short_sound_ms: int = 200  # while guarded: this much silence ends a short sound ("mm")
     echo_recheck_ms: int = 1000  # speech judged to be echo is judged again after this much more
