@@ -160,11 +160,33 @@ async def test_a_finished_question_ends_the_turn_on_its_verdict_with_a_held_answ
         stats = session._listener.stats  # type: ignore[union-attr]
     names = kinds(events)
     verdict = next(e for e in events if e["type"] == "input_audio.end_of_turn")
-    assert verdict["complete"] is True and verdict["wait_ms"] == 250
+    assert verdict["complete"] is True and verdict["wait_ms"] == 350
     assert names.index("input_audio.end_of_turn") < names.index("input_audio.speech_stopped")
     assert names.index("input_audio.transcript") < names.index("response.created")
     assert names.count("response.created") == 1 and events[-1]["status"] == "completed"
     assert stats.preempted_used == 1  # the answer was the held one, not a second start
+
+
+@pytest.mark.parametrize("name", ["piper", "espeak"])
+async def test_one_or_two_words_are_left_to_the_silence_rule(
+    speech: SpeechInput, espeak: Any, name: str
+) -> None:
+    """ "Hello" is a whole message to the model, but as often the start of a longer one said
+    before a comma's pause ("Hello, how are you?"): it is not judged, and silence_ms (600 ms)
+    ends the turn, not the 350 ms of a finished thought."""
+    gate = asyncio.Event()
+    gate.set()
+    async with (
+        running_server(gated_backend(["Hi there."], gate), speech=speech) as server,
+        ChatConnection(server.url) as connection,
+    ):
+        await send_audio(connection, pad(await voice(name, "Hello.", espeak), 0.3, 1.2))
+        events = await read_answer(connection)
+    names = kinds(events)
+    assert "input_audio.end_of_turn" not in names  # no verdict: silence decided
+    assert names.count("input_audio.committed") == 1 and events[-1]["status"] == "completed"
+    transcript = next(e for e in events if e["type"] == "input_audio.transcript")
+    assert "hello" in transcript["text"].lower()
 
 
 async def test_a_held_answer_the_user_talks_over_is_never_seen(speech: SpeechInput) -> None:
