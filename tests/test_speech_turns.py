@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicechat.speech.listener import is_echo
+from voicechat.speech.listener import is_backchannel, is_echo
 from voicechat.speech.turns import (
     PENDING,
     WINDOW_MS,
@@ -200,3 +200,23 @@ def test_an_unfinished_thought_keeps_the_turn_through_a_long_pause() -> None:
     events = [e for _, e in run(detector, (SILENCE, 896), (SPEECH, 640), (SILENCE, 320))]
     assert events == [Resumed(), Paused(3456)]
     assert detector.judge(3456, True) == [Stopped(3456)]
+
+
+@pytest.mark.parametrize(
+    ("heard_text", "backchannel"),
+    [
+        ("Yeah.", True),
+        ("Mm-hmm.", True),
+        ("Uh-huh.", True),
+        ("Okay, right.", True),
+        ("I see.", True),
+        ("네.", True),
+        ("Yeah, but what about dogs?", False),
+        ("Okay stop.", False),
+        ("Wait.", False),
+        ("", False),  # no words: a noise (judged apart)
+        ("Yeah yeah yeah okay right.", False),  # five words: more than an acknowledgement
+    ],
+)
+def test_a_backchannel_is_a_few_acknowledging_words(heard_text: str, backchannel: bool) -> None:
+    assert is_backchannel(heard_text) is backchannel
