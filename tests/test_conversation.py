@@ -120,23 +120,30 @@ async def test_a_pause_in_an_unfinished_sentence_does_not_end_the_turn(
     (600 ms) but the thought is unfinished, so the turn waits (up to 2.5 s)."""
     async with (
         running_server(
-            gated_backend(["A good name is Max."], asyncio.Event()), speech=speech
+            gated_backend(["A good name is Max."], asyncio.Event()),
+            speech=speech,
+            input_audio=InputAudioSettings(burst_s=30.0),  # more than 5 s of audio at once
         ) as server,
         ChatConnection(server.url) as connection,
     ):
         await connection.update_session(turn_detection="semantic", eagerness="medium")
         await read_until(connection, "session.updated")
-        await send_audio(connection, pad(await voice(name, first, espeak), 0.3, 1.2))
+        said_first, said_rest = await voice(name, first, espeak), await voice(name, rest, espeak)
+        await send_audio(connection, pad(said_first, 0.3, 1.2))
         before = await read_until_kind(connection, "input_audio.end_of_turn")
         verdict = before[-1]
         assert verdict["complete"] is False, verdict
         assert verdict["wait_ms"] == 2500
-        await send_audio(connection, pad(await voice(name, rest, espeak), 0.0, 1.5))
+        # Silence past the longest wait: a misheard end ("tubby") may be judged unfinished too.
+        await send_audio(connection, pad(said_rest, 0.0, 3.0))
         events = await read_until_kind(connection, "response.created")
     every = before + events
-    assert kinds(every).count("input_audio.committed") == 1  # one turn, not two
+    committed = [e for e in every if e["type"] == "input_audio.committed"]
+    assert len(committed) == 1  # one turn, not two ...
+    # ... holding both parts (the pause between them cut to 100 ms). Not judged by the words:
+    # Whisper tiny often mishears a lone word after a pause ("puppy": "tubby", "happy").
+    assert committed[0]["audio_ms"] >= 1000 * (len(said_first) + len(said_rest)) / RATE
     transcript = next(e for e in every if e["type"] == "input_audio.transcript")
-    assert rest.strip(".?").lower() in transcript["text"].lower()
     assert first.split()[1].lower() in transcript["text"].lower()
 
 
