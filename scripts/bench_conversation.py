@@ -70,7 +70,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_speech, which adds the repo
 
 from bench_speech import (
-    END_DB,
+    BLOCK,
     FRAME,
     RATE,
     VOICE_QUESTIONS,
@@ -79,6 +79,7 @@ from bench_speech import (
     espeak_clips,
     fmt,
     load_average,
+    loud_blocks,
     ms,
     p50_max,
     speech_end_sample,
@@ -113,13 +114,8 @@ TURN_FIELDS = ("turn_detection", "eagerness")
 
 def speech_start_sample(samples: np.ndarray) -> int:
     """The first sample of speech: the start of the first 10 ms block within END_DB of the peak."""
-    block = RATE // 100
-    x = samples.astype(np.float64)
-    floor = np.abs(x).max() * 10 ** (-END_DB / 20)
-    blocks = len(x) // block
-    rms = np.sqrt(np.mean(x[: blocks * block].reshape(blocks, block) ** 2, axis=1))
-    loud = np.flatnonzero(rms >= floor)
-    return int(loud[0] * block) if loud.size else 0
+    loud = loud_blocks(samples)
+    return int(loud[0] * BLOCK) if loud.size else 0
 
 
 class Voices:

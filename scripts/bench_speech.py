@@ -117,16 +117,23 @@ def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+BLOCK = RATE // 100  # 10 ms
+
+
+def loud_blocks(samples: np.ndarray) -> np.ndarray:
+    """The indices of the 10 ms blocks whose RMS is within END_DB of the clip's peak."""
+    x = samples.astype(np.float64)
+    floor = np.abs(x).max() * 10 ** (-END_DB / 20)
+    blocks = len(x) // BLOCK
+    rms = np.sqrt(np.mean(x[: blocks * BLOCK].reshape(blocks, BLOCK) ** 2, axis=1))
+    return np.flatnonzero(rms >= floor)
+
+
 def speech_end_sample(samples: np.ndarray) -> int:
     """One past the last sample of speech: the end of the last 10 ms block within END_DB of
     the peak (Piper fades out over ~150 ms of near-silence)."""
-    block = RATE // 100
-    x = samples.astype(np.float64)
-    floor = np.abs(x).max() * 10 ** (-END_DB / 20)
-    blocks = len(x) // block
-    rms = np.sqrt(np.mean(x[: blocks * block].reshape(blocks, block) ** 2, axis=1))
-    loud = np.flatnonzero(rms >= floor)
-    return int((loud[-1] + 1) * block) if loud.size else len(x)
+    loud = loud_blocks(samples)
+    return int((loud[-1] + 1) * BLOCK) if loud.size else len(samples)
 
 
 def cpu_seconds(stat_path: str) -> float:
