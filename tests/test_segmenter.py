@@ -248,47 +248,7 @@ def test_a_run_on_answer_is_force_cut_at_a_space_within_the_limit() -> None:
 def test_text_without_spaces_is_cut_at_the_limit() -> None:
     text = "的" * 450
     units = _feed_split(text, list(range(1, len(text), 7)))
-    assert [len(unit) for unit in units] == [60, 200, 190]  # the first unit's limit, then 200
-
-
-FIRST_UNIT_CASES = [
-    # A long first sentence: cut before the last joining word within 60 characters.
-    (
-        "Grapes grow on tall green vines in warm sunny places and they have a sweet taste. "
-        "Apples are red.",
-        [
-            "Grapes grow on tall green vines in warm sunny places",
-            "and they have a sweet taste.",
-            "Apples are red.",
-        ],
-    ),
-    # No joining word: the last space within 60 characters.
-    (
-        "The sky blue is a result of the Earth's atmosphere scattering sunlight in many ways.",
-        ["The sky blue is a result of the Earth's atmosphere", "scattering sunlight in many ways."],
-    ),
-    # A joining word too early to stand alone before it ("Yes and" is no phrase): the last space.
-    (
-        "Bees and wasps collect nectar from many flowers on sunny afternoons across meadows.",
-        ["Bees and wasps collect nectar from many flowers on sunny", "afternoons across meadows."],
-    ),
-    # A first sentence within 60 characters, and long later ones: whole sentences.
-    (
-        "The capital of France is Paris. It has been the capital for a very long time and it is "
-        "home to the Louvre and the Eiffel Tower.",
-        [
-            "The capital of France is Paris.",
-            "It has been the capital for a very long time and it "
-            "is home to the Louvre and the Eiffel Tower.",
-        ],
-    ),
-]
-
-
-@pytest.mark.parametrize(("text", "expected"), FIRST_UNIT_CASES)
-def test_a_long_first_sentence_is_not_waited_for_whole(text: str, expected: list[str]) -> None:
-    assert _feed_split(text, []) == expected
-    assert _feed_split(text, list(range(1, len(text)))) == expected  # however it streams in
+    assert [len(unit) for unit in units] == [200, 200, 50]
 
 
 def test_force_cut_starts_speaking_a_long_first_sentence_early() -> None:
@@ -347,7 +307,7 @@ HOSTILE_TEXT = hostile_text(_ALPHABET)
 
 
 def _units(text: str, cuts: list[int], max_chars: int) -> list[str]:
-    seg = Segmenter(max_chars=max_chars, first_max_chars=max_chars)
+    seg = Segmenter(max_chars=max_chars)
     units: list[str] = []
     previous = 0
     for cut in [*sorted(set(cuts)), len(text)]:
@@ -389,7 +349,7 @@ def test_each_hostile_generator_keeps_a_bounded_buffer(name: str) -> None:
     look-ahead) stays bounded however long the run, so no step can re-read a growing text. Fed
     one character at a time; the units are the same as whole."""
     text = BENCH.HOSTILE[name](1500)
-    seg = Segmenter(max_chars=80, first_max_chars=80)
+    seg = Segmenter(max_chars=80)
     units: list[str] = []
     for char in text:
         units += seg.feed(char)

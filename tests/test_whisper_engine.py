@@ -1,5 +1,6 @@
-"""The Whisper engine's short window: a turn is decoded over a window just longer than its
-audio; long turns, unknown languages and decodes that loop take faster-whisper's full path.
+"""The Whisper engine's own decode: a turn is decoded over a window of MIN_WINDOW_S or just
+longer than its audio; long turns, unknown languages and decodes that loop take
+faster-whisper's full path.
 
 The real tiny.en model in the test process (the server runs it in its worker), on Piper speech.
 """
@@ -25,8 +26,12 @@ def as_float(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32) / 32768.0
 
 
-def test_the_window_is_the_audio_and_a_second_more_within_bounds() -> None:
+def test_the_window_is_the_audio_and_a_second_more_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert encoder_window_s(0.4) == whisper.MIN_WINDOW_S
+    monkeypatch.setattr(whisper, "MIN_WINDOW_S", 10)
+    assert encoder_window_s(0.4) == 10
     assert encoder_window_s(15.2) == 17
     assert encoder_window_s(29.5) == 30
     assert encoder_window_s(45.0) == 30

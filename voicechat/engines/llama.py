@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +17,6 @@ SELF_CHECK_PROMPT = (
     "jumps?"
 )
 SELF_CHECK_MIN_TOKENS = 64
-# Threads that generate: llama-cpp-python's default is half the cores, one thread on two
-# cores. Every core, up to four, makes SmolLM2 stream 146 instead of 92 tokens/s on two
-# (the first speech unit is that much sooner); past four the small model gains nothing.
-MAX_THREADS = 4
 # DRY's sequence breakers (llama.cpp's defaults): a repeated run is not followed across them.
 DRY_SEQUENCE_BREAKERS = ["\n", ":", '"', "*"]
 
@@ -33,10 +28,7 @@ class LlamaEngine:
         started = time.perf_counter()
         self.model_path = Path(model_path)
         self._llama = _llama_with_dry()(
-            model_path=model_path,
-            n_ctx=n_ctx,
-            n_threads=n_threads or min(MAX_THREADS, os.cpu_count() or 1),
-            verbose=False,
+            model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False
         )
         self.load_seconds = time.perf_counter() - started
 

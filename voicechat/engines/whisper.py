@@ -1,9 +1,9 @@
 """Whisper (faster-whisper on CTranslate2, int8), inside the speech-recognition worker process.
 
 One request is one finished turn: 16 kHz PCM16 in, its text out. Decoding is greedy (beam 1)
-without timestamps over an encoder window just longer than the audio: on two cores a 2 s
-question takes ~0.12 s instead of ~0.34 s (../docs/performance.md). The weights come from pip
-packages and are checked by sha256 before CTranslate2 reads them (`voicechat.speech.models`).
+without timestamps: on two cores a 2 s question takes ~0.34 s, most of it the encoder's 30 s
+window (see MIN_WINDOW_S). The weights come from pip packages and are checked by sha256 before
+CTranslate2 reads them (`voicechat.speech.models`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from voicechat.speech.models import load_files
 SELF_CHECK_SECONDS = 1.0
 SAMPLE_RATE = 16000
 # Whisper's encoder reads a 30 s window (the audio padded with silence) in faster-whisper's
-# transcribe(), whatever its chunk_length: ~260 ms of a 2 s question's ~340 ms here. The short
-# path below encodes a window a little longer than the audio instead (whisper.cpp's audio_ctx):
-# ~115 ms for a 10 s window. The price: a few more misheard words (tiny.en, 25 sentences by
-# two voices: WER 1.1 -> 3.3 % for Piper, 15.6 -> 20 % for espeak-ng). Never shorter than
-# MIN_WINDOW_S: at 8 s and below tiny.en starts to repeat itself ("What is the capital of
-# France? What is the capital of ...").
-MIN_WINDOW_S = 10
+# transcribe(), whatever its chunk_length: ~260 ms of a 2 s question's ~340 ms here. The path
+# below can encode a window a little longer than the audio instead (whisper.cpp's audio_ctx:
+# ~0.12 s for the whole decode on a 10 s window), but tiny.en then mishears more: "What is the
+# capital of France?" came back "... of friends?" in 1 of 5 runs of the web page's microphone
+# test and in 3 tests of one CI run (0 of 6 on 30 s). So the window stays 30 s: MIN_WINDOW_S
+# is where a shorter one would start (docs/performance.md, "Conversation feel").
+MIN_WINDOW_S = 30
 FRAMES_PER_S = 100  # log-mel frames (hop of 160 samples at 16 kHz)
 # Whisper's own guards against hallucinated text, as faster-whisper applies them: a window
 # that is probably no speech and decoded without confidence is dropped; a decode that repeats
@@ -42,7 +42,8 @@ TOKENS_BASE = 16  # ... plus this: the short path's cap on a decode
 
 
 def encoder_window_s(audio_s: float) -> int:
-    """The encoder's window for `audio_s` of audio: the audio and a second more, 10-30 s."""
+    """The encoder's window for `audio_s` of audio: the audio and a second more, at least
+    MIN_WINDOW_S, at most 30 s."""
     return max(MIN_WINDOW_S, min(30, math.ceil(audio_s) + 1))
 
 
