@@ -1011,7 +1011,9 @@ async def test_speaking_over_an_answer_stops_it_and_the_history_keeps_what_was_h
         {"responseId": first["responseId"], "audioEndMs": heard_ms, "text": kept}
     ]
     assert heard_ms < at  # it was cut short
-    assert {"spider", "legs"} <= set(words(s["turns"][2]["text"])), s["turns"][2]["text"]
+    # The follow-up is the second user turn. tiny.en hears "spider" surely; beside a CPU hog it
+    # once heard "legs" as "likes", which is the recognizer's accuracy, not what this test judges.
+    assert {"many", "spider"} <= set(words(s["turns"][2]["text"])), s["turns"][2]["text"]
     assert second["status"] == "completed" and second["voice"]
 
 
