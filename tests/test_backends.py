@@ -214,6 +214,31 @@ async def test_sqlite_memory_survives_a_restart_and_a_session_resumes(tmp_path: 
         assert error["code"] == "unknown_session"
 
 
+async def test_sqlite_memory_set_up_waits_out_a_busy_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`serve --workers 2` on a new file: both processes create the tables at once, and SQLite
+    answers one "database is locked" (on a loaded machine the loser's server exited). Here
+    another connection holds the file; the set-up tries again until it is free."""
+    import sqlite3
+
+    path = tmp_path / "chats.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    async with AsyncExitStack() as stack:
+        setting_up = asyncio.create_task(open_checkpointer(f"sqlite:{path}", stack))
+        async with asyncio.timeout(WAIT_S):
+            while "is busy" not in caplog.text:  # the first attempt gave up: it tries again
+                assert not setting_up.done(), setting_up.exception()
+                await asyncio.sleep(0.05)
+        holder.execute("COMMIT")
+        holder.close()
+        async with asyncio.timeout(WAIT_S):
+            await setting_up
+    tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert {"checkpoints", "writes"} <= tables
+
+
 def test_a_bad_memory_or_llm_spec_is_a_clear_config_error() -> None:
     for options in ({"memory": "redis://x"}, {"llm": "graph:no_such_module:g"}, {"llm": "gpt"}):
         with pytest.raises(ConfigError):

@@ -9,6 +9,8 @@ a load balancer can share.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from collections import OrderedDict
 from contextlib import AsyncExitStack
 from typing import Any
@@ -17,6 +19,8 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
 DEFAULT_MAX_CONVERSATIONS = 1000
+
+log = logging.getLogger(__name__)
 
 
 class MemoryConfigError(ValueError):
@@ -80,6 +84,24 @@ async def _set_up_postgres(saver: Any) -> None:
             await asyncio.sleep(0.1 * attempt)
 
 
+async def _set_up_sqlite(saver: Any, path: str) -> None:
+    """Create the tables if missing, trying again while the file is busy. `serve --workers N`
+    starts N processes on one new file at once: when two connections both read the schema
+    and both want to write it, SQLite answers one of them "database is locked" at once,
+    without waiting (it would deadlock). Seen on a loaded machine: the loser's server exited.
+    setup() is idempotent (CREATE ... IF NOT EXISTS), so the loser simply runs it again."""
+    for attempt in range(1, SETUP_ATTEMPTS + 1):
+        try:
+            await saver.setup()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == SETUP_ATTEMPTS:
+                raise
+            log.warning("sqlite memory %s is busy (%s): setting it up again (%d of %d)",
+                        path, exc, attempt + 1, SETUP_ATTEMPTS)  # fmt: skip
+            await asyncio.sleep(0.1 * attempt)
+
+
 async def open_checkpointer(spec: str, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
     """Open the checkpointer named by `spec`; `stack` closes it on shutdown."""
     if spec == "memory" or spec.startswith("memory:"):
@@ -94,7 +116,7 @@ async def open_checkpointer(spec: str, stack: AsyncExitStack) -> BaseCheckpointS
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
         saver = await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(path))
-        await saver.setup()
+        await _set_up_sqlite(saver, path)
         return saver
     if spec.startswith(("postgres://", "postgresql://")):
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
