@@ -55,7 +55,9 @@ async def until_listening(port: int, process: subprocess.Popen[bytes]) -> None:
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.05)
-    raise AssertionError(f"serve --workers 2 did not come up (workers seen: {seen})")
+    stop(process)
+    log = process.stderr.read().decode()  # type: ignore[union-attr]
+    raise AssertionError(f"serve --workers 2 did not come up (workers seen: {seen}):\n{log}")
 
 
 @pytest.fixture

@@ -325,6 +325,31 @@ async def test_a_worker_ignores_sigterm_meant_for_the_server() -> None:
     assert not alive(pid)
 
 
+def process_environment(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().partition("=")[::2] for entry in raw if entry)
+
+
+@pytest.mark.parametrize("operator_choice", [None, "ACTIVE"])
+async def test_workers_openmp_threads_sleep_unless_the_operator_says_otherwise(
+    operator_choice: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama.cpp's and CTranslate2's libgomp threads spin while they wait by default: on shared
+    cores that made an end-of-turn call take seconds (scripts/bench_llama_threads.py)."""
+    if operator_choice is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", operator_choice)
+    worker = Worker("espeak", {}, label="espeak-ng")
+    await worker.start()
+    try:
+        assert worker.pid is not None
+        policy = process_environment(worker.pid).get("OMP_WAIT_POLICY")
+        assert policy == (operator_choice or "PASSIVE")
+    finally:
+        await worker.aclose()
+
+
 async def test_modules_in_the_working_directory_do_not_shadow_the_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

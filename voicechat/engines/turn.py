@@ -33,9 +33,14 @@ class EndOfTurnEngine:
 
         started = time.perf_counter()
         self.model_path = Path(model_path)
+        # n_threads_batch too (llama-cpp-python's default is every core; a call is one batch):
+        # one thread never waits for another, so a call costs ~0.1-0.2 s however busy the
+        # cores are. On two, with libgomp's default spinning, it took 7.6 s beside two busy
+        # processes (python scripts/bench_llama_threads.py; workers/supervisor.py).
         self._llama = Llama(
-            model_path=model_path, n_ctx=512, n_batch=256, n_threads=n_threads, verbose=False
-        )
+            model_path=model_path, n_ctx=512, n_batch=256, n_threads=n_threads,
+            n_threads_batch=n_threads, verbose=False,
+        )  # fmt: skip
         tokens = self._llama.tokenize(END_TOKEN.encode(), add_bos=False, special=True)
         if len(tokens) != 1:
             raise RuntimeError(f"{self.model_path.name} has no single {END_TOKEN} token")

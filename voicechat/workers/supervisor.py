@@ -117,6 +117,17 @@ class _Process:
         return self.process.pid
 
 
+def worker_environment() -> dict[str, str]:
+    """The server's environment, with OpenMP's threads told to sleep at a barrier instead of
+    spinning (unless the operator chose otherwise). llama.cpp and CTranslate2 run their threads
+    under libgomp, whose default spins: on 2 cores shared by several engines, a thread that
+    waits burns the core that the thread it waits for needs. One end-of-turn call took 7.6 s
+    instead of 0.15 s beside two busy processes, and an answer's first token 1.5 s (at worst
+    3.7 s) instead of 0.25 s beside one; sleeping costs ~15-50 ms on a quiet machine
+    (python scripts/bench_llama_threads.py, docs/performance.md)."""
+    return {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
+
+
 class Worker:
     """A supervised worker process running one engine (`kind`: llm, piper or espeak)."""
 
@@ -288,6 +299,7 @@ class Worker:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                env=worker_environment(),
             )
         except OSError as exc:  # out of file descriptors or processes, say
             raise WorkerStartError(f"cannot start {self.label}: {exc}") from None
