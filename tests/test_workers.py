@@ -335,7 +335,7 @@ async def test_workers_openmp_threads_sleep_unless_the_operator_says_otherwise(
     operator_choice: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """llama.cpp's and CTranslate2's libgomp threads spin while they wait by default: on shared
-    cores that made an end-of-turn call take seconds (scripts/bench_llama_threads.py)."""
+    cores that made an end-of-turn call take seconds (scripts/bench_engine_threads.py)."""
     if operator_choice is None:
         monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     else:

@@ -10,6 +10,7 @@ system prompt is given. One thread and a short context: a call reads ~20 tokens.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,13 +34,14 @@ class EndOfTurnEngine:
 
         started = time.perf_counter()
         self.model_path = Path(model_path)
-        # n_threads_batch too (llama-cpp-python's default is every core; a call is one batch):
-        # one thread never waits for another, so a call costs ~0.1-0.2 s however busy the
-        # cores are. On two, with libgomp's default spinning, it took 7.6 s beside two busy
-        # processes (python scripts/bench_llama_threads.py; workers/supervisor.py).
+        # The prompt (all a call reads) is one batch: llama-cpp-python's default would read it
+        # on every core. Two threads, which sleep while they wait (OMP_WAIT_POLICY=PASSIVE,
+        # workers/supervisor.py): 63 ms a call alone against 99 on one, ~105-112 ms beside one
+        # or two busy processes. Spinning, they took 7.6 s beside two once
+        # (python scripts/bench_engine_threads.py).
         self._llama = Llama(
             model_path=model_path, n_ctx=512, n_batch=256, n_threads=n_threads,
-            n_threads_batch=n_threads, verbose=False,
+            n_threads_batch=min(2, os.cpu_count() or 1), verbose=False,
         )  # fmt: skip
         tokens = self._llama.tokenize(END_TOKEN.encode(), add_bos=False, special=True)
         if len(tokens) != 1:

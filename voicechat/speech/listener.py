@@ -468,9 +468,10 @@ class Listener:
             self._post_verdict(at_ms, None)  # say what failed, if the turn ends here
             return
         item_id = self._item_id
-        speakable = bool(words(heard.text))
         complete: bool | None = None
-        # The verdict first: ~40 ms alone, but starved behind an answer's llama.cpp threads.
+        if words(heard.text):  # the answer starts beside the verdict (both engines' threads
+            self._preempted = True  # sleep while they wait, so neither starves the other)
+            await self.host.preempt(item_id, heard.text)
         judged = len(words(heard.text)) > SHORT_TURN_WORDS
         if self._detector.rules.semantic and judged and self.end_of_turn:
             if judges_language(heard.language):
@@ -478,9 +479,8 @@ class Listener:
                     complete = await self.end_of_turn.complete(heard.text, self.settings.eagerness)
                 except Exception as exc:  # a failed worker: silence decides this pause
                     log.warning("end-of-turn model failed (%r): silence decides", exc)
-        if speakable and complete is not False:  # (unfinished: the user is likely to go on)
-            self._preempted = True
-            await self.host.preempt(item_id, heard.text)
+        if complete is False:  # unfinished: the user is likely to go on
+            await self._drop_preempted()
         self._post_verdict(at_ms, complete)
 
     def _post_verdict(self, at_ms: int, complete: bool | None) -> None:

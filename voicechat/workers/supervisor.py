@@ -124,7 +124,7 @@ def worker_environment() -> dict[str, str]:
     waits burns the core that the thread it waits for needs. One end-of-turn call took 7.6 s
     instead of 0.15 s beside two busy processes, and an answer's first token 1.5 s (at worst
     3.7 s) instead of 0.25 s beside one; sleeping costs ~15-50 ms on a quiet machine
-    (python scripts/bench_llama_threads.py, docs/performance.md)."""
+    (python scripts/bench_engine_threads.py, docs/performance.md)."""
     return {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
 
 
