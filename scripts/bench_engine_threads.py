@@ -32,8 +32,11 @@ from typing import Any
 
 HOG = "while True: pass"
 CHAT = [
-    {"role": "system", "content": "You are a friendly voice assistant. Answer in one or two short "
-     "spoken sentences, without lists or markdown."},  # fmt: skip
+    {
+        "role": "system",
+        "content": "You are a friendly voice assistant. Answer in one or two short "
+        "spoken sentences, without lists or markdown.",
+    },
     {"role": "user", "content": "Hi, I just got a puppy."},
     {"role": "assistant", "content": "Congratulations! What kind of puppy is it?"},
     {"role": "user", "content": "A beagle. What should I feed her in the first few weeks?"},
@@ -133,8 +136,9 @@ def piper_call(spinning: bool, threads: int = 0) -> Callable[[], object]:
     with open(f"{path}.json", encoding="utf-8") as config:
         voice = PiperVoice(
             config=PiperConfig.from_dict(json.load(config)),
-            session=onnxruntime.InferenceSession(path, sess_options=options,
-                                                 providers=["CPUExecutionProvider"]),  # fmt: skip
+            session=onnxruntime.InferenceSession(
+                path, sess_options=options, providers=["CPUExecutionProvider"]
+            ),
         )
 
     def call() -> object:
