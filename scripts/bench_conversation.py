@@ -127,7 +127,7 @@ class Voices:
     async def make(self, texts: list[str]) -> None:
         texts = sorted(set(texts))
         for text in texts:
-            self.clips["piper", text] = spoken_pcm(text)
+            self.clips["piper", text] = spoken_pcm(text, varied=True)
         for text, clip in zip(texts, await espeak_clips(texts), strict=True):
             self.clips["espeak", text] = clip
 

@@ -344,7 +344,7 @@ def summarize(turns: list[dict[str, Any]]) -> dict[str, Any]:
 
 def spoken_questions(count: int) -> list[tuple[str, np.ndarray]]:
     texts = [VOICE_QUESTIONS[i % len(VOICE_QUESTIONS)] for i in range(count)]
-    return [(text, spoken_pcm(text)) for text in texts]
+    return [(text, spoken_pcm(text, varied=True)) for text in texts]
 
 
 # --- voice ------------------------------------------------------------------------------------
@@ -352,7 +352,7 @@ def spoken_questions(count: int) -> list[tuple[str, np.ndarray]]:
 
 async def run_voice(args: argparse.Namespace) -> dict[str, Any]:
     questions = spoken_questions(args.questions)
-    warmup = spoken_pcm(WARMUP_QUESTION)
+    warmup = spoken_pcm(WARMUP_QUESTION, varied=True)
     result: dict[str, Any] = {"runs": []}
     started = time.perf_counter()
     async with embedded_server() as server:
@@ -407,7 +407,7 @@ def print_voice(result: dict[str, Any]) -> None:
 
 async def run_speculative(args: argparse.Namespace) -> dict[str, Any]:
     questions = spoken_questions(args.questions)
-    warmup = spoken_pcm(WARMUP_QUESTION)
+    warmup = spoken_pcm(WARMUP_QUESTION, varied=True)
     silence_ms = args.silence_ms[0]
     turns: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
     async with embedded_server() as server:
@@ -523,7 +523,7 @@ async def transcribe_all(model: str, clips: list[np.ndarray]) -> dict[str, Any]:
 async def run_wer(args: argparse.Namespace) -> dict[str, Any]:
     sentences = WER_SENTENCES
     voices = {
-        "piper": [pad(spoken_pcm(text), 0.3, 0.1) for text in sentences],
+        "piper": [pad(spoken_pcm(text, varied=True), 0.3, 0.1) for text in sentences],
         "espeak": [pad(clip, 0.3, 0.1) for clip in await espeak_clips(sentences)],
     }
     models = {}

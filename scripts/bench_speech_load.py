@@ -108,7 +108,7 @@ async def read_events(connection: ChatConnection, counts: Counter[str], on: Any 
 
 
 async def spammer(url: str, seconds: float, stop: asyncio.Event, counts: Counter[str]) -> None:
-    yes = pad(spoken_pcm("Yes."), 0, 0.26)
+    yes = pad(spoken_pcm("Yes.", varied=True), 0, 0.26)
     audio = np.tile(yes, int(seconds * RATE / len(yes)) + 1)[: int(seconds * RATE)]
     async with ChatConnection(url) as connection:
         await connection.update_session(silence_ms=200)
@@ -126,7 +126,9 @@ async def asker(
 ) -> None:
     """A live microphone: silence, and a question every --ask-every seconds."""
     loop = asyncio.get_running_loop()
-    questions = [spoken_pcm(QUESTIONS[i % len(QUESTIONS)]) for i in range(args.questions)]
+    questions = [
+        spoken_pcm(QUESTIONS[i % len(QUESTIONS)], varied=True) for i in range(args.questions)
+    ]
     total_s = args.ask_after + args.questions * args.ask_every + args.wait_s
     audio = np.zeros(int(total_s * RATE), np.int16)
     ends = []

@@ -81,7 +81,7 @@ def main() -> None:
         )
     )
     voices = {
-        "piper": [spoken_pcm(text) for text in texts],
+        "piper": [spoken_pcm(text, varied=True) for text in texts],
         "espeak": asyncio.run(espeak_clips(texts)),
     }
     engine = whisper.WhisperEngine("tiny.en", "en")

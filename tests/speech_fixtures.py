@@ -40,12 +40,19 @@ def _voice() -> Any:
     return PiperVoice.load(str(default_voice_path()))
 
 
-def spoken_pcm(text: str, rate: int = SPEECH_RATE) -> np.ndarray:
-    """`text` said by Piper's en_US-joe-medium voice: int16 mono samples at `rate`."""
+def spoken_pcm(text: str, rate: int = SPEECH_RATE, *, varied: bool = False) -> np.ndarray:
+    """`text` said by Piper's en_US-joe-medium voice: int16 mono samples at `rate`.
+
+    The same samples every time, unless `varied`: Piper's voice draws random noise for its
+    sound and timing, so each rendering differs, and Whisper tiny.en mishears a few of them
+    ("I need a name for my new" came back "... my news" in 1 of 40). A test would fail now and
+    then by chance; the benchmarks that measure over renderings ask for `varied` ones."""
     import soxr
+    from piper import SynthesisConfig
 
     voice = _voice()
-    pcm = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text))
+    config = None if varied else SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    pcm = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text, config))
     samples = np.frombuffer(pcm, "<i2")
     assert samples.size, f"Piper said nothing for {text!r}"
     source_rate = int(voice.config.sample_rate)
