@@ -43,22 +43,15 @@ CHAT = [
 ]
 FIRST_UNIT = "Puppies need a food made for growing dogs, in small meals."
 # case -> the settings compared: (label, environment, options)
+LLAMA_VARIANTS: list[tuple[str, dict[str, str], dict[str, Any]]] = [
+    ("1 thread", {}, {"threads": 1}),
+    ("2 threads, spin", {"OMP_WAIT_POLICY": "ACTIVE"}, {"threads": 2}),
+    ("2 threads, sleep", {"OMP_WAIT_POLICY": "PASSIVE"}, {"threads": 2}),
+]
 VARIANTS: dict[str, list[tuple[str, dict[str, str], dict[str, Any]]]] = {
-    "turn": [
-        ("1 thread", {}, {"threads": 1}),
-        ("2 threads, spin", {"OMP_WAIT_POLICY": "ACTIVE"}, {"threads": 2}),
-        ("2 threads, sleep", {"OMP_WAIT_POLICY": "PASSIVE"}, {"threads": 2}),
-    ],
-    "prompt": [
-        ("1 thread", {}, {"threads": 1}),
-        ("2 threads, spin", {"OMP_WAIT_POLICY": "ACTIVE"}, {"threads": 2}),
-        ("2 threads, sleep", {"OMP_WAIT_POLICY": "PASSIVE"}, {"threads": 2}),
-    ],
-    "decode": [
-        ("1 thread", {}, {"threads": 1}),
-        ("2 threads, spin", {"OMP_WAIT_POLICY": "ACTIVE"}, {"threads": 2}),
-        ("2 threads, sleep", {"OMP_WAIT_POLICY": "PASSIVE"}, {"threads": 2}),
-    ],
+    "turn": LLAMA_VARIANTS,
+    "prompt": LLAMA_VARIANTS,
+    "decode": LLAMA_VARIANTS,
     "piper": [
         ("default (spin)", {}, {"spinning": True}),
         ("no spinning", {}, {"spinning": False}),

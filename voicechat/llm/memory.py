@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sqlite3
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -60,6 +61,26 @@ SETUP_ATTEMPTS = 5
 SETUP_LOCK_KEY = 0x766F696365636874  # "voicecht"
 
 
+async def _set_up_again_on(
+    collisions: tuple[type[Exception], ...],
+    set_up: Callable[[], Awaitable[None]],
+    collided: Callable[[Exception], bool] = lambda exc: True,
+) -> None:
+    """Run `set_up` (LangGraph's idempotent setup(), however it is guarded) up to
+    SETUP_ATTEMPTS times while it fails with one of `collisions` that `collided` accepts:
+    another server creating the same tables at the same instant. The loser runs it again."""
+    for attempt in range(1, SETUP_ATTEMPTS + 1):
+        try:
+            await set_up()
+            return
+        except collisions as exc:
+            if not collided(exc) or attempt == SETUP_ATTEMPTS:
+                raise
+            log.warning("memory set-up collided with another server's (%s): setting it up "
+                        "again (%d of %d)", exc, attempt + 1, SETUP_ATTEMPTS)  # fmt: skip
+            await asyncio.sleep(0.1 * attempt)
+
+
 async def _set_up_postgres(saver: Any) -> None:
     """Create the checkpointer's tables if missing. LangGraph's setup() is idempotent but not
     safe to run twice at the same instant: servers starting together on a new database collided
@@ -69,37 +90,28 @@ async def _set_up_postgres(saver: Any) -> None:
     again: by then the tables are there, and setup() goes on from the migration it finds."""
     import psycopg
 
-    for attempt in range(1, SETUP_ATTEMPTS + 1):
-        try:
-            await saver.conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
-            try:
-                await saver.setup()
-            finally:
-                await saver.conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
-            return
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject,
-                psycopg.errors.DuplicateTable, psycopg.errors.DeadlockDetected):  # fmt: skip
-            if attempt == SETUP_ATTEMPTS:
-                raise
-            await asyncio.sleep(0.1 * attempt)
-
-
-async def _set_up_sqlite(saver: Any, path: str) -> None:
-    """Create the tables if missing, trying again while the file is busy. `serve --workers N`
-    starts N processes on one new file at once: when two connections both read the schema
-    and both want to write it, SQLite answers one of them "database is locked" at once,
-    without waiting (it would deadlock). Seen on a loaded machine: the loser's server exited.
-    setup() is idempotent (CREATE ... IF NOT EXISTS), so the loser simply runs it again."""
-    for attempt in range(1, SETUP_ATTEMPTS + 1):
+    async def locked_set_up() -> None:
+        await saver.conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
         try:
             await saver.setup()
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == SETUP_ATTEMPTS:
-                raise
-            log.warning("sqlite memory %s is busy (%s): setting it up again (%d of %d)",
-                        path, exc, attempt + 1, SETUP_ATTEMPTS)  # fmt: skip
-            await asyncio.sleep(0.1 * attempt)
+        finally:
+            await saver.conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+
+    await _set_up_again_on(
+        (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject,
+         psycopg.errors.DuplicateTable, psycopg.errors.DeadlockDetected),
+        locked_set_up,
+    )  # fmt: skip
+
+
+async def _set_up_sqlite(saver: Any) -> None:
+    """Create the tables if missing, again while the file is busy. `serve --workers N` starts
+    N processes on one new file at once: when two connections both read the schema and both
+    want to write it, SQLite answers one of them "database is locked" at once, without waiting
+    (it would deadlock). Seen on a loaded machine: the loser's server exited."""
+    await _set_up_again_on(
+        (sqlite3.OperationalError,), saver.setup, lambda exc: "locked" in str(exc)
+    )
 
 
 async def open_checkpointer(spec: str, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
@@ -116,7 +128,7 @@ async def open_checkpointer(spec: str, stack: AsyncExitStack) -> BaseCheckpointS
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
         saver = await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(path))
-        await _set_up_sqlite(saver, path)
+        await _set_up_sqlite(saver)
         return saver
     if spec.startswith(("postgres://", "postgresql://")):
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver

@@ -469,10 +469,11 @@ class Listener:
             return
         item_id = self._item_id
         complete: bool | None = None
-        if words(heard.text):  # the answer starts beside the verdict (both engines' threads
-            self._preempted = True  # sleep while they wait, so neither starves the other)
+        said = words(heard.text)
+        if said:  # the answer starts beside the verdict (both engines' threads sleep while
+            self._preempted = True  # they wait, so neither starves the other)
             await self.host.preempt(item_id, heard.text)
-        judged = len(words(heard.text)) > SHORT_TURN_WORDS
+        judged = len(said) > SHORT_TURN_WORDS
         if self._detector.rules.semantic and judged and self.end_of_turn:
             if judges_language(heard.language):
                 try:

@@ -122,8 +122,8 @@ def worker_environment() -> dict[str, str]:
     spinning (unless the operator chose otherwise). llama.cpp and CTranslate2 run their threads
     under libgomp, whose default spins: on 2 cores shared by several engines, a thread that
     waits burns the core that the thread it waits for needs. One end-of-turn call took 7.6 s
-    instead of 0.15 s beside two busy processes, and an answer's first token 1.5 s (at worst
-    3.7 s) instead of 0.25 s beside one; sleeping costs ~15-50 ms on a quiet machine
+    instead of 0.15 s beside two busy processes once, and an answer's prompt takes 586 ms (at
+    worst 815) instead of 460 beside one; alone, sleeping costs 4-7 ms
     (python scripts/bench_engine_threads.py, docs/performance.md)."""
     return {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
 
