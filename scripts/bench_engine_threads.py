@@ -15,6 +15,10 @@ with each one's thread settings and wait policy (OMP_WAIT_POLICY for llama.cpp; 
 session.intra_op.allow_spinning for Piper).
 
     python scripts/bench_engine_threads.py [--runs 10] [--cases turn,prompt,decode,piper]
+        [--busy-nice 5]
+
+--busy-nice runs the busy processes at that niceness: the embedded LLM's worker runs at
+LLM_NICE (workers/embedded.py), so `--cases piper --busy-nice 5` shows Piper beside it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-HOG = "while True: pass"
+HOG = "import os, sys; os.nice(int(sys.argv[1]))\nwhile True: pass"
 CHAT = [
     {
         "role": "system",
@@ -61,8 +65,8 @@ VARIANTS: dict[str, list[tuple[str, dict[str, str], dict[str, Any]]]] = {
 
 
 @contextmanager
-def busy_processes(count: int) -> Iterator[None]:
-    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(count)]
+def busy_processes(count: int, nice: int = 0) -> Iterator[None]:
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG, str(nice)]) for _ in range(count)]
     try:
         yield
     finally:
@@ -159,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--cases", default="turn,prompt,decode,piper")
+    parser.add_argument("--busy-nice", type=int, default=0, help="the busy processes' niceness")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # CASE:OPTIONS_JSON, in a child
     args = parser.parse_args()
     if args.measure:
@@ -167,7 +172,7 @@ def main() -> None:
         return
     print(f"{'busy':>4}  {'case':<7} {'settings':<17} {'p50 ms':>7}  {'max ms':>7}")
     for busy in (0, 1, 2):
-        with busy_processes(busy):
+        with busy_processes(busy, args.busy_nice):
             for case in args.cases.split(","):
                 for label, environment, options in VARIANTS[case]:
                     run = subprocess.run(

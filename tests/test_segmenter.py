@@ -248,7 +248,41 @@ def test_a_run_on_answer_is_force_cut_at_a_space_within_the_limit() -> None:
 def test_text_without_spaces_is_cut_at_the_limit() -> None:
     text = "的" * 450
     units = _feed_split(text, list(range(1, len(text), 7)))
-    assert [len(unit) for unit in units] == [200, 200, 50]
+    assert [len(unit) for unit in units] == [60, 200, 190]  # the first unit's limit, then 200
+
+
+FIRST_UNIT_CASES = [
+    # A long first sentence: cut before the last joining word within 60 characters.
+    (
+        "Grapes grow on tall green vines in warm sunny places and they have a sweet taste. "
+        "Apples are red.",
+        ["Grapes grow on tall green vines in warm sunny places", "and they have a sweet taste.",
+         "Apples are red."],
+    ),
+    # No joining word: the last space within 60 characters.
+    (
+        "The sky blue is a result of the Earth's atmosphere scattering sunlight in many ways.",
+        ["The sky blue is a result of the Earth's atmosphere", "scattering sunlight in many ways."],
+    ),
+    # A joining word too early to stand alone before it ("Yes and" is no phrase): the last space.
+    (
+        "Bees and wasps collect nectar from many flowers on sunny afternoons across meadows.",
+        ["Bees and wasps collect nectar from many flowers on sunny", "afternoons across meadows."],
+    ),
+    # A first sentence within 60 characters, and long later ones: whole sentences.
+    (
+        "The capital of France is Paris. It has been the capital for a very long time and it is "
+        "home to the Louvre and the Eiffel Tower.",
+        ["The capital of France is Paris.", "It has been the capital for a very long time and it "
+         "is home to the Louvre and the Eiffel Tower."],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FIRST_UNIT_CASES)
+def test_a_long_first_sentence_is_not_waited_for_whole(text: str, expected: list[str]) -> None:
+    assert _feed_split(text, []) == expected
+    assert _feed_split(text, list(range(1, len(text)))) == expected  # however it streams in
 
 
 def test_force_cut_starts_speaking_a_long_first_sentence_early() -> None:
@@ -306,8 +340,10 @@ def test_no_text_lost_or_reordered_and_split_invariant(parts: list[str], max_cha
 HOSTILE_TEXT = hostile_text(_ALPHABET)
 
 
-def _units(text: str, cuts: list[int], max_chars: int) -> list[str]:
-    seg = Segmenter(max_chars=max_chars)
+def _units(
+    text: str, cuts: list[int], max_chars: int, first_max_chars: int | None = None
+) -> list[str]:
+    seg = Segmenter(max_chars=max_chars, first_max_chars=first_max_chars or max_chars)
     units: list[str] = []
     previous = 0
     for cut in [*sorted(set(cuts)), len(text)]:
@@ -320,16 +356,17 @@ def _units(text: str, cuts: list[int], max_chars: int) -> list[str]:
 @given(
     text=HOSTILE_TEXT,
     max_chars=st.sampled_from([10, 23, 80, 200]),
+    first_max_chars=st.sampled_from([10, 23, 60, 200]),
     data=st.data(),
 )
 def test_hostile_input_keeps_the_text_for_any_split(
-    text: str, max_chars: int, data: st.DataObject
+    text: str, max_chars: int, first_max_chars: int, data: st.DataObject
 ) -> None:
-    whole = _units(text, [], max_chars)
-    assert _units(text, list(range(1, len(text))), max_chars) == whole
+    whole = _units(text, [], max_chars, first_max_chars)
+    assert _units(text, list(range(1, len(text))), max_chars, first_max_chars) == whole
     if len(text) > 1:
         cuts = data.draw(st.lists(st.integers(1, len(text) - 1), max_size=30), label="cuts")
-        assert _units(text, cuts, max_chars) == whole
+        assert _units(text, cuts, max_chars, first_max_chars) == whole
     # Every letter and digit is spoken once, in order; a unit is a stripped piece of the text,
     # in order, with something to say, and never longer than max_chars.
     assert [c for c in "".join(whole) if c.isalnum()] == [c for c in text if c.isalnum()]
@@ -341,6 +378,18 @@ def test_hostile_input_keeps_the_text_for_any_split(
     assert all(unit and unit == unit.strip() for unit in whole)
     assert all(any(c.isalnum() for c in unit) for unit in whole)
     assert all(len(unit) <= max_chars for unit in whole)
+    assert not whole or len(whole[0]) <= min(first_max_chars, max_chars)
+
+
+def test_marks_without_speech_past_the_first_limit_are_cut_by_that_limit() -> None:
+    # Found by the hostile tests: a run of marks with nothing to say, longer than the first
+    # unit's limit, was dropped by the 200-character limit when it arrived in one piece and by
+    # the first unit's when it streamed in, so the units depended on the split.
+    text = "，「、」；『：』" * 26 + "h"
+    whole = _units(text, [], 200, 60)
+    assert whole == [text[3 * 60 :]]  # dropped 60 characters at a time, then the letter's unit
+    assert _units(text, list(range(1, len(text))), 200, 60) == whole
+    assert _units(text, [201], 200, 60) == whole
 
 
 @pytest.mark.parametrize("name", sorted(BENCH.HOSTILE))
@@ -349,7 +398,7 @@ def test_each_hostile_generator_keeps_a_bounded_buffer(name: str) -> None:
     look-ahead) stays bounded however long the run, so no step can re-read a growing text. Fed
     one character at a time; the units are the same as whole."""
     text = BENCH.HOSTILE[name](1500)
-    seg = Segmenter(max_chars=80)
+    seg = Segmenter(max_chars=80, first_max_chars=80)
     units: list[str] = []
     for char in text:
         units += seg.feed(char)

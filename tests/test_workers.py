@@ -350,6 +350,33 @@ async def test_workers_openmp_threads_sleep_unless_the_operator_says_otherwise(
         await worker.aclose()
 
 
+def niceness(pid: int) -> set[int]:
+    """The niceness of each thread of a process (field 19 of /proc/PID/task/TID/stat)."""
+    values = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        values.add(int(stat.read_text().rsplit(")", 1)[1].split()[16]))
+    return values
+
+
+async def test_the_answers_llm_yields_the_cores_to_the_voice_and_the_turn_engines() -> None:
+    """The embedded LLM writes on while Piper speaks the first unit; at the same priority its
+    thread slowed Piper down by about half on 2 cores (docs/performance.md)."""
+    from voicechat.workers.embedded import LLM_NICE, default_model_path, llm_worker
+
+    ours = os.nice(0)
+    llm, voice = llm_worker(default_model_path()), Worker("espeak", {}, label="espeak-ng")
+    await llm.start()
+    await voice.start()
+    try:
+        assert llm.pid is not None and voice.pid is not None
+        assert LLM_NICE > 0
+        assert niceness(llm.pid) == {ours + LLM_NICE}  # every thread, llama.cpp's included
+        assert niceness(voice.pid) == {ours}
+    finally:
+        await llm.aclose()
+        await voice.aclose()
+
+
 async def test_modules_in_the_working_directory_do_not_shadow_the_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

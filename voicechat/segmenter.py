@@ -24,7 +24,10 @@ Where a unit ends:
   user hears), and for any unit once it is ``clause_min_chars`` long.
 * A unit that reaches ``max_chars`` without a cut is force-cut at its last space (text without
   spaces, such as Chinese, at the limit). No unit is longer than ``max_chars``: a run of marks
-  that would go past the limit is cut by the limit too.
+  that would go past the limit is cut by the limit too. The first unit's limit is
+  ``first_max_chars``: a long first sentence is not waited for whole (the LLM writes it and the
+  voice speaks it before anything is heard); its cut prefers the space before a joining word
+  (``and``, ``because``, ``which``, ...).
 * A unit is emitted as soon as the first character that decides it has arrived: for a sentence
   end that is the first non-space character after it, never more look-ahead than that.
 * Units are stripped; a unit without a letter or digit is joined to the next one (or, at the
@@ -71,6 +74,11 @@ _MAX_OPEN_QUOTES = 8
 _QUOTE_SCAN = re.compile("[\"'“”‘’「」『』\n]")
 _QUOTE_OR_KANA_SCAN = re.compile("[\"'“”‘’「」『』\n\u3041-\u3096\u30a1-\u30fa]")
 _ALNUM = re.compile(r"[^\W_]")  # what str.isalnum() accepts
+# Words a long first sentence may be cut before (the space in front of them is the cut).
+_JOINING_WORD = re.compile(
+    r"\s(?=(?:and|but|or|so|because|which|that|who|where|when|while|although|though|since|"
+    r"with|using|until|unless|after|before)\s)"
+)
 # After a closing quote: kana that continue a Japanese sentence (と言った, って) and the Hangul
 # syllables that continue a Korean one even after a space (하고/하며/하는, 했다: the verb 하다).
 _KANA_CONTINUE = frozenset("とっ")
@@ -154,12 +162,14 @@ class Segmenter:
         self,
         *,
         max_chars: int = 200,
+        first_max_chars: int = 60,
         first_clause_min_chars: int = 12,
         clause_min_chars: int = 100,
     ) -> None:
-        if max_chars < 10:
-            raise ValueError("max_chars must be at least 10")
+        if min(max_chars, first_max_chars) < 10:
+            raise ValueError("max_chars and first_max_chars must be at least 10")
         self.max_chars = max_chars
+        self.first_max_chars = min(first_max_chars, max_chars)
         self.first_clause_min_chars = first_clause_min_chars
         self.clause_min_chars = clause_min_chars
         self._reset()
@@ -230,7 +240,7 @@ class Segmenter:
                     return units
                 self._settle(pos, decision, units)
                 continue
-            limit = self._start + self.max_chars
+            limit = self._start + self._unit_max_chars()
             match = _CANDIDATE.search(buf, self._scan, limit)
             if match is None:
                 if size > limit:
@@ -246,8 +256,8 @@ class Segmenter:
                 # so none is decided now; only the length limit cuts (text that is dropped). The
                 # marks are skipped for good: any decision about them would be "no cut". Quote
                 # marks are still classified in order, when a later run or _trim needs it.
-                while size > self._start + self.max_chars:
-                    self._cut(self._start + self.max_chars, units)
+                while size > self._start + self._unit_max_chars():
+                    self._cut(self._start + self._unit_max_chars(), units)
                 self._scan = size
                 return units
             if pos + 1 == size and not final and buf[pos] != "\n":
@@ -294,6 +304,10 @@ class Segmenter:
         if end < len(buf) and buf[end].isspace():
             self._skip_space()
 
+    def _unit_max_chars(self) -> int:
+        """The current unit's length limit: the first unit's is shorter (it sets the latency)."""
+        return self.first_max_chars if self._emitted == 0 else self.max_chars
+
     def _skip_space(self) -> None:
         buf = self._buf
         start = self._start
@@ -315,11 +329,17 @@ class Segmenter:
         return self._alnum_at < end
 
     def _force_cut_point(self) -> int:
-        """Last whitespace within the limit, else the limit itself (text without spaces)."""
+        """Last whitespace within the limit, else the limit itself (text without spaces). The
+        first unit prefers the last space before a joining word ("... on trees | and they"),
+        where a speaker would take a breath, if its words so far are long enough to stand."""
         buf = self._buf
-        limit = self._start + self.max_chars
+        limit = self._start + self._unit_max_chars()
         head_end = min(len(buf), limit + 1)
         if self._speech_before(head_end):
+            if self._emitted == 0:
+                joins = list(_JOINING_WORD.finditer(buf, self._start, head_end))
+                if joins and joins[-1].start() - self._start >= self.first_clause_min_chars:
+                    return joins[-1].start()
             for index in range(head_end - 1, self._alnum_at, -1):
                 if buf[index].isspace():
                     return index
@@ -459,7 +479,7 @@ class Segmenter:
             if look is None:
                 return None
             end = look.end
-        if end - self._start > self.max_chars:
+        if end - self._start > self._unit_max_chars():
             return _OVER_LIMIT
         if end == len(buf):
             return True, end  # only when final: _walk_run waits otherwise
@@ -479,7 +499,7 @@ class Segmenter:
         size = len(buf)
         # A unit never grows past the length limit: the walk stops one character after it (then
         # the run goes on past the limit, and the limit cuts).
-        cap = self._start + self.max_chars
+        cap = self._start + self._unit_max_chars()
         index = look.end
         # Before the end of the answer, a run character at the very end of the text leaves the
         # run open whatever it is (a quote there, closing or not, needs the next character to
@@ -536,7 +556,7 @@ class Segmenter:
                 return None
             end, nxt, cjk, quoted = look.end, max(look.nxt, look.end), look.cjk, look.quoted
             dot, single_period = look.dot, look.single_period
-        if end - self._start > self.max_chars:
+        if end - self._start > self._unit_max_chars():
             return _OVER_LIMIT
         if end == size:
             return True, end  # the end of the answer

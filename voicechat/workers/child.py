@@ -1,4 +1,4 @@
-"""The worker process: `python -P -m voicechat.workers.child KIND SETTINGS_JSON PARENT_PID`.
+"""The worker process: `python -P -m voicechat.workers.child KIND SETTINGS PARENT_PID NICE`.
 
 It loads one engine, checks it (a real inference), says "ready", then runs requests one at a
 time in the main thread. A reader thread takes frames from stdin: a "cancel" marks a request so
@@ -90,8 +90,10 @@ def _stage(channel: Channel, kind: str, stage: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    kind, settings_json, parent_pid = argv[0], argv[1], int(argv[2])
+    kind, settings_json, parent_pid, nice = argv[0], argv[1], int(argv[2]), int(argv[3])
     die_with_parent(parent_pid)
+    if nice:
+        os.nice(nice)  # lower priority, before any thread starts: threads inherit it
     # Frames go out on a private copy of stdout; fd 1 then points at stderr, so anything a
     # native library prints cannot corrupt the frames.
     out = os.fdopen(os.dup(1), "wb")  # buffered: flush() writes a frame whole, even in pieces

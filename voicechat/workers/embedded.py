@@ -48,6 +48,12 @@ def default_model_path() -> Path:
 
 
 LLM_STALL_TIMEOUT_S = 180.0
+# The answer's LLM yields the cores to the voice: once the first speech unit is written, the
+# user waits for Piper to speak it, while the LLM writes on (far faster than speech is played).
+# At niceness 0 the LLM's thread halved Piper's speed on 2 cores; at 5 the first audio came
+# ~50 ms sooner (python scripts/bench_conversation.py --parts v2v, docs/performance.md).
+# Whisper, the end-of-turn model and the VAD keep niceness 0: they decide when the turn ends.
+LLM_NICE = 5
 
 
 def llm_worker(
@@ -66,6 +72,7 @@ def llm_worker(
         # Reading a long conversation (up to n_ctx tokens) sends nothing until the first token:
         # minutes on a loaded 2-core machine (about 27 tokens/s seen), not a stall.
         stall_timeout_s=LLM_STALL_TIMEOUT_S,
+        nice=LLM_NICE,
         **extra,
     )
 

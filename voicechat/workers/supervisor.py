@@ -143,6 +143,7 @@ class Worker:
         stall_timeout_s: float = STALL_TIMEOUT_S,
         max_outstanding: int | None = None,
         max_rss_bytes: int | None = None,
+        nice: int = 0,
     ) -> None:
         self.kind = kind
         self.settings = settings
@@ -159,6 +160,8 @@ class Worker:
         # (None: never). Native engines keep memory they once needed (onnxruntime's arena after
         # one long unit); a fresh process gives it back.
         self.max_rss_bytes = max_rss_bytes
+        # Added to the process's niceness (lower priority) when it starts: see llm_worker.
+        self.nice = nice
         self.state = "stopped"  # starting, ready, restarting, stopped
         self.restarts = 0
         self.last_start_s: float | None = None  # spawn -> ready, for the last (re)start
@@ -296,6 +299,7 @@ class Worker:
                 self.kind,
                 json.dumps(self.settings),
                 str(os.getpid()),
+                str(self.nice),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
