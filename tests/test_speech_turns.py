@@ -73,9 +73,17 @@ def test_a_turn_at_the_limit_ends_there_truncated_and_the_rest_is_a_new_turn() -
 
 def test_over_a_playing_answer_a_short_sound_is_not_a_turn() -> None:
     detector = TurnDetector(TurnRules(barge_in_ms=500))
-    events = run(detector, (SPEECH, 192), (SILENCE, 800), guarded=True)
+    events = run(detector, (SPEECH, 128), (SILENCE, 800), guarded=True)
     assert [e for _, e in events] == [Held(0), Released()]  # playback held, then resumed
     assert detector.state == "idle"
+
+
+def test_over_a_playing_answer_a_commas_pause_does_not_release_the_hold() -> None:
+    # "Wait, stop.": Piper says "Wait," in ~200 ms, then pauses ~300 ms. Released there, the
+    # answer played on over "stop ..." (speech right after a resume is taken for its echo).
+    detector = TurnDetector(TurnRules(barge_in_ms=512))
+    events = run(detector, (SPEECH, 192), (SILENCE, 288), (SPEECH, 32), guarded=True)
+    assert [e for _, e in events] == [Held(0), Candidate(0, 512)]
 
 
 def test_over_a_playing_answer_long_speech_is_a_candidate_judged_by_the_caller() -> None:

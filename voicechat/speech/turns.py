@@ -36,7 +36,9 @@ class TurnRules:
     silence_ms: int = 600
     pause_ms: int = 64  # a pause this long starts a speculative transcription
     barge_in_ms: int = 500
-    short_sound_ms: int = 200  # while guarded: this much silence ends a short sound ("mm")
+    # While guarded, this much silence ends a short sound ("mm"): longer than the ~300 ms pause
+    # after a comma, so "Wait, stop" is held and judged whole, not resumed between the words.
+    short_sound_ms: int = 320
     echo_recheck_ms: int = 1000  # speech judged to be echo is judged again after this much more
     max_turn_ms: int = 60_000
     semantic: bool = False  # the turn ends by the caller's verdict (judge()), not silence alone
