@@ -212,13 +212,13 @@ def test_the_speech_budget_ends_the_answer_after_a_whole_sentence() -> None:
 
 
 def test_the_budget_waits_for_the_end_of_a_sentence() -> None:
-    text = "One two three four five six seven eight nine ten eleven twelve, thirteen. Fourteen."
+    text = "One two three four five six seven eight nine ten, eleven twelve thirteen. Fourteen."
     gate = SpeechGate(max_speech_s=1.0)
     # The first unit is cut at its comma (and spoken at once); the budget is spent, but the
     # answer ends only with its sentence.
     assert run([text], gate) == [
-        "One two three four five six seven eight nine ten eleven twelve,",
-        "thirteen.",
+        "One two three four five six seven eight nine ten,",
+        "eleven twelve thirteen.",
     ]
 
 
