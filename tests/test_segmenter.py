@@ -256,8 +256,11 @@ FIRST_UNIT_CASES = [
     (
         "Grapes grow on tall green vines in warm sunny places and they have a sweet taste. "
         "Apples are red.",
-        ["Grapes grow on tall green vines in warm sunny places", "and they have a sweet taste.",
-         "Apples are red."],
+        [
+            "Grapes grow on tall green vines in warm sunny places",
+            "and they have a sweet taste.",
+            "Apples are red.",
+        ],
     ),
     # No joining word: the last space within 60 characters.
     (
@@ -273,8 +276,11 @@ FIRST_UNIT_CASES = [
     (
         "The capital of France is Paris. It has been the capital for a very long time and it is "
         "home to the Louvre and the Eiffel Tower.",
-        ["The capital of France is Paris.", "It has been the capital for a very long time and it "
-         "is home to the Louvre and the Eiffel Tower."],
+        [
+            "The capital of France is Paris.",
+            "It has been the capital for a very long time and it "
+            "is home to the Louvre and the Eiffel Tower.",
+        ],
     ),
 ]
 
