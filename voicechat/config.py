@@ -9,7 +9,14 @@ import os
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from voicechat.llm import ChatBackend, LLMConfigError, LLMSettings, build_backend, local_model_path
+from voicechat.llm import (
+    ChatBackend,
+    LLMConfigError,
+    LLMSettings,
+    build_backend,
+    local_model_path,
+    system_prompt,
+)
 from voicechat.llm.memory import MemoryConfigError, open_checkpointer
 from voicechat.settings import BackendOptions, ConfigError, parse_sampling
 from voicechat.speech import SpeechInput
@@ -182,7 +189,9 @@ async def open_backends(options: BackendOptions, stack: AsyncExitStack) -> Backe
         checkpointer = await open_checkpointer(options.memory, stack)
         workers: dict[str, Worker] = {}
         if options.llm.partition(":")[0] == "local":
-            workers["llm"] = llm_worker(local_model_path(settings))
+            workers["llm"] = llm_worker(
+                local_model_path(settings), system_prompt=system_prompt(settings)
+            )
         if options.tts == "piper":
             workers.update(_voice_workers(options))
         workers.update(_with_turn_worker(_speech_workers(options)))

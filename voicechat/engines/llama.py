@@ -24,9 +24,16 @@ DRY_SEQUENCE_BREAKERS = ["\n", ":", '"', "*"]
 class LlamaEngine:
     """Inside the LLM worker: owns one llama.cpp model; runs one generation at a time."""
 
-    def __init__(self, model_path: str, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        system_prompt: str | None = None,
+    ) -> None:
         started = time.perf_counter()
         self.model_path = Path(model_path)
+        self.system_prompt = system_prompt
         self._llama = _llama_with_dry()(
             model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, verbose=False
         )
@@ -56,6 +63,15 @@ class LlamaEngine:
             messages=[{"role": "user", "content": SELF_CHECK_PROMPT}], max_tokens=1, temperature=0
         )
         self._llama.reset()
+        if self.system_prompt:
+            # Every conversation starts with the system prompt, and llama.cpp reuses the cache
+            # of the longest prefix an answer shares with the last one: read it now, and the
+            # first answer reads only its own words (~300 ms sooner on a slow 2-core machine).
+            self._llama.create_chat_completion(
+                messages=[{"role": "system", "content": self.system_prompt}],
+                max_tokens=1,
+                temperature=0,
+            )
 
     def run(
         self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None], cancelled: Any

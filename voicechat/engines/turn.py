@@ -10,7 +10,6 @@ system prompt is given. A short context: a call reads ~20 tokens, as one batch o
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,14 +33,14 @@ class EndOfTurnEngine:
 
         started = time.perf_counter()
         self.model_path = Path(model_path)
-        # The prompt (all a call reads) is one batch: llama-cpp-python's default would read it
-        # on every core. Two threads, which sleep while they wait (OMP_WAIT_POLICY=PASSIVE,
-        # workers/supervisor.py): 63 ms a call alone against 99 on one, ~105-112 ms beside one
-        # or two busy processes. Spinning, they took 7.6 s beside two once
-        # (python scripts/bench_engine_threads.py).
+        # One thread, also for the prompt (all a call reads, one batch; llama-cpp-python's
+        # default would read it on every core): the held answer starts beside the verdict, and
+        # on two cores each gets one. Two threads made a call 63 ms alone against 99, but took
+        # the answer's core while it read its prompt (python scripts/bench_engine_threads.py;
+        # docs/performance.md, "Conversation feel").
         self._llama = Llama(
             model_path=model_path, n_ctx=512, n_batch=256, n_threads=n_threads,
-            n_threads_batch=min(2, os.cpu_count() or 1), verbose=False,
+            n_threads_batch=1, verbose=False,
         )  # fmt: skip
         tokens = self._llama.tokenize(END_TOKEN.encode(), add_bos=False, special=True)
         if len(tokens) != 1:

@@ -1,9 +1,11 @@
 """Whisper (faster-whisper on CTranslate2, int8), inside the speech-recognition worker process.
 
 One request is one finished turn: 16 kHz PCM16 in, its text out. Decoding is greedy (beam 1)
-without timestamps: on two cores a 2 s question takes ~0.34 s, most of it the encoder's 30 s
-window (see MIN_WINDOW_S). The weights come from pip packages and are checked by sha256 before
-CTranslate2 reads them (`voicechat.speech.models`).
+without timestamps. Most of the time is the encoder's, and it grows with its window: a 2 s
+question takes ~0.14 s on a 10 s window and ~0.43 s on Whisper's own 30 s one (2 cores). So a
+turn is decoded on the short window first and kept when Whisper is sure of it; otherwise the
+30 s window decides (SHORT_WINDOW_S, SURE_LOG_PROB). The weights come from pip packages and are
+checked by sha256 before CTranslate2 reads them (`voicechat.speech.models`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,14 +23,19 @@ from voicechat.speech.models import load_files
 
 SELF_CHECK_SECONDS = 1.0
 SAMPLE_RATE = 16000
-# Whisper's encoder reads a 30 s window (the audio padded with silence) in faster-whisper's
-# transcribe(), whatever its chunk_length: ~260 ms of a 2 s question's ~340 ms here. The path
-# below can encode a window a little longer than the audio instead (whisper.cpp's audio_ctx:
-# ~0.12 s for the whole decode on a 10 s window), but tiny.en then mishears more: "What is the
-# capital of France?" came back "... of friends?" in 1 of 5 runs of the web page's microphone
-# test and in 3 tests of one CI run (0 of 6 on 30 s). So the window stays 30 s: MIN_WINDOW_S
-# is where a shorter one would start (docs/performance.md, "Conversation feel").
-MIN_WINDOW_S = 30
+# The encoder's time grows with its window, faster than linearly (attention): Whisper's own
+# 30 s window costs ~0.43 s for a 2 s question on 2 slow cores, a 10 s one ~0.14 s (at least
+# 10 s: below that tiny.en loops). A turn is first decoded on a window a second longer than its
+# audio, at least SHORT_WINDOW_S, and that transcript is kept when Whisper is sure of it (its
+# mean log-probability per token at least SURE_LOG_PROB); otherwise the 30 s window decides.
+# Either way the audio is padded with silence, as Whisper was trained (OpenAI's reference pads
+# the samples), not the log-mel frames with zeros (faster-whisper's pad_or_trim), which the
+# model reads as faint noise: padded so, the 10 s window heard "What is the capital of France?"
+# as "... of friends?" with confidence. Measured on 24 sentences x 6 renderings per voice
+# (python scripts/bench_stt_window.py; docs/performance.md, "Whisper's short window").
+SHORT_WINDOW_S = 10
+SURE_LOG_PROB = -0.4
+WINDOW_S = 30  # Whisper's own
 FRAMES_PER_S = 100  # log-mel frames (hop of 160 samples at 16 kHz)
 # Whisper's own guards against hallucinated text, as faster-whisper applies them: a window
 # that is probably no speech and decoded without confidence is dropped; a decode that repeats
@@ -42,9 +49,14 @@ TOKENS_BASE = 16  # ... plus this: the short path's cap on a decode
 
 
 def encoder_window_s(audio_s: float) -> int:
-    """The encoder's window for `audio_s` of audio: the audio and a second more, at least
-    MIN_WINDOW_S, at most 30 s."""
-    return max(MIN_WINDOW_S, min(30, math.ceil(audio_s) + 1))
+    """The first window for `audio_s` of audio: the audio and a second more, at least
+    SHORT_WINDOW_S, at most WINDOW_S."""
+    return max(SHORT_WINDOW_S, min(WINDOW_S, math.ceil(audio_s) + 1))
+
+
+class Heard(NamedTuple):
+    text: str
+    log_prob: float  # mean log-probability per token: how sure Whisper is of `text`
 
 
 def repeats_a_sentence(text: str) -> bool:
@@ -90,22 +102,29 @@ class WhisperEngine:
     ) -> tuple[str, str]:
         language = language or self.language
         audio_s = len(audio) / SAMPLE_RATE
-        if language is not None and math.ceil(audio_s) + 1 < 30:
-            text = self._transcribe_window(audio, language)
-            if text is not None:
-                return text, language
+        if language is not None and math.ceil(audio_s) + 1 < WINDOW_S:
+            first = encoder_window_s(audio_s)
+            if first < WINDOW_S:  # the short window first: kept when Whisper is sure of it
+                heard = self._transcribe_window(audio, language, first)
+                if heard is not None and heard.log_prob >= SURE_LOG_PROB:
+                    return heard.text, language
+                if cancelled():
+                    return "", language
+            heard = self._transcribe_window(audio, language, WINDOW_S)
+            if heard is not None:
+                return heard.text, language
         return self._transcribe_full(audio, language, cancelled)
 
-    def _transcribe_window(self, audio: np.ndarray, language: str) -> str | None:
-        """One greedy decode over a window just longer than the audio; None: it repeated
+    def _transcribe_window(self, audio: np.ndarray, language: str, window_s: int) -> Heard | None:
+        """One greedy decode of the audio padded with silence to `window_s`; None: it repeated
         itself, so the full path should decide."""
-        from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
         model = self._model
-        frames = encoder_window_s(len(audio) / SAMPLE_RATE) * FRAMES_PER_S
-        features = pad_or_trim(model.feature_extractor(audio), frames)
+        silence = np.zeros(window_s * SAMPLE_RATE - len(audio), dtype=np.float32)
+        frames = window_s * FRAMES_PER_S  # (the extractor's extra frame is cut)
+        features = model.feature_extractor(np.concatenate([audio, silence]))[:, :frames]
         tokenizer = Tokenizer(
             model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
         )
@@ -129,10 +148,10 @@ class WhisperEngine:
             or repeats_a_sentence(text)
         ):
             return None
-        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
-            return ""
-        return text
+        log_prob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > NO_SPEECH_THRESHOLD and log_prob < LOG_PROB_THRESHOLD:
+            return Heard("", log_prob)
+        return Heard(text, log_prob)
 
     def _transcribe_full(
         self, audio: np.ndarray, language: str | None, cancelled: Callable[[], bool]

@@ -89,7 +89,8 @@ def build_backend(
     )
 
 
-def _system_prompt(settings: LLMSettings) -> str:
+def system_prompt(settings: LLMSettings) -> str:
+    """The system prompt every conversation starts with (the built-in one unless given)."""
     from voicechat.llm.local import DEFAULT_SYSTEM_PROMPT
 
     return DEFAULT_SYSTEM_PROMPT if settings.system_prompt is None else settings.system_prompt
@@ -125,7 +126,7 @@ def _local_backend(
         WorkerTokenCounter(worker),
     )
     graph = build_chat_graph(
-        model, checkpointer=checkpointer, system_prompt=_system_prompt(settings), context=window
+        model, checkpointer=checkpointer, system_prompt=system_prompt(settings), context=window
     )
     return ChatBackend(graph=graph, name=f"local:{Path(worker.settings['model_path']).stem}")
 
@@ -147,7 +148,7 @@ def _openai_backend(settings: LLMSettings, checkpointer: BaseCheckpointSaver[Any
     if settings.context_tokens is not None:
         window = _context_window(settings.context_tokens, settings.max_tokens, estimate_counts)
     graph = build_chat_graph(
-        model, checkpointer=checkpointer, system_prompt=_system_prompt(settings), context=window
+        model, checkpointer=checkpointer, system_prompt=system_prompt(settings), context=window
     )
     return ChatBackend(graph=graph, name=f"openai:{settings.openai_model}")
 

@@ -60,13 +60,15 @@ def llm_worker(
     model_path: Path,
     ready_timeout_s: float | None = None,
     context_tokens: int = LOCAL_CONTEXT_TOKENS,
+    system_prompt: str | None = None,
 ) -> Worker:
     """The (not yet started) worker for a GGUF file; `await worker.start()` loads and checks it.
-    `context_tokens` is llama.cpp's n_ctx, which the server fits each conversation into."""
+    `context_tokens` is llama.cpp's n_ctx, which the server fits each conversation into; the
+    worker reads `system_prompt` at start, so the first answer does not (engines/llama.py)."""
     extra = {} if ready_timeout_s is None else {"ready_timeout_s": ready_timeout_s}
     return Worker(
         "llm",
-        {"model_path": str(model_path), "n_ctx": context_tokens},
+        {"model_path": str(model_path), "n_ctx": context_tokens, "system_prompt": system_prompt},
         label="the local LLM",
         sigill_hint=LLAMA_SIGILL_HINT,
         # Reading a long conversation (up to n_ctx tokens) sends nothing until the first token:
