@@ -105,6 +105,15 @@ def test_a_transcript_whisper_is_unsure_of_is_redone_on_the_30_s_window(
     assert windows == [whisper.SHORT_WINDOW_S]
 
 
+def test_other_languages_than_english_take_the_30_s_window_at_once(
+    engine: WhisperEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The short window and its sureness were measured on English speech only.
+    windows = windows_decoded(engine, monkeypatch)
+    engine.transcribe(as_float(pad(spoken_pcm(QUESTIONS[3]), 0.2, 0.3)), "ko", lambda: False)
+    assert windows == [whisper.WINDOW_S]
+
+
 def test_a_turn_over_29_s_and_an_unknown_language_take_the_full_path(
     engine: WhisperEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -32,9 +32,11 @@ SAMPLE_RATE = 16000
 # the samples), not the log-mel frames with zeros (faster-whisper's pad_or_trim), which the
 # model reads as faint noise: padded so, the 10 s window heard "What is the capital of France?"
 # as "... of friends?" with confidence. Measured on 24 sentences x 6 renderings per voice
-# (python scripts/bench_stt_window.py; docs/performance.md, "Whisper's short window").
+# (python scripts/bench_stt_window.py; docs/performance.md, "Conversation feel"). English only:
+# other languages go to the 30 s window at once.
 SHORT_WINDOW_S = 10
 SURE_LOG_PROB = -0.4
+SHORT_WINDOW_LANGUAGES = frozenset({"en"})  # measured on English only: others take 30 s
 WINDOW_S = 30  # Whisper's own
 FRAMES_PER_S = 100  # log-mel frames (hop of 160 samples at 16 kHz)
 # Whisper's own guards against hallucinated text, as faster-whisper applies them: a window
@@ -104,7 +106,7 @@ class WhisperEngine:
         audio_s = len(audio) / SAMPLE_RATE
         if language is not None and math.ceil(audio_s) + 1 < WINDOW_S:
             first = encoder_window_s(audio_s)
-            if first < WINDOW_S:  # the short window first: kept when Whisper is sure of it
+            if first < WINDOW_S and language in SHORT_WINDOW_LANGUAGES:  # kept when sure
                 heard = self._transcribe_window(audio, language, first)
                 if heard is not None and heard.log_prob >= SURE_LOG_PROB:
                     return heard.text, language
