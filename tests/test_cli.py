@@ -138,8 +138,9 @@ def test_doctor_reports_this_machine_as_json_for_scripts() -> None:
     result = voicechat("doctor", "--json")
     report = json.loads(result.stdout)
     statuses = {check["name"]: check["status"] for check in report["checks"]}
-    assert statuses["python"] == statuses["LLM model"] == statuses["voice"] == "ok"
-    assert statuses["llama.cpp build"] == "ok"
+    failed = [check for check in report["checks"] if check["status"] == "fail"]
+    assert statuses["python"] == statuses["LLM model"] == statuses["voice"] == "ok", failed
+    assert statuses["llama.cpp build"] == "ok", failed
     assert result.returncode == (0 if report["ok"] else 1)
 
 
