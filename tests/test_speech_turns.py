@@ -215,6 +215,11 @@ def test_an_unfinished_thought_keeps_the_turn_through_a_long_pause() -> None:
     [
         ("Yeah.", True),
         ("Mm-hmm.", True),
+        ("MMMM.", True),  # how Whisper spells Piper's "Mm-hmm.", as often as not
+        ("NMM", True),
+        ("N.M.", True),
+        ("Mhmm, okay.", True),
+        ("Hmmm, wait.", False),
         ("Uh-huh.", True),
         ("Okay, right.", True),
         ("I see.", True),

@@ -107,12 +107,18 @@ def is_echo(heard: str, answer: str) -> bool:
     return found / len(heard_words) >= ECHO_SHARE
 
 
+def is_hum(word: str) -> bool:
+    """ "mmmm", "nmmm", "mhmm", "hmmm": Whisper spells a hum as it likes (Piper's "Mm-hmm." comes
+    back "MMMM.", "NMMM." or "N.M."), and no English word is made of these letters alone."""
+    return set(word) <= {"m", "h", "n"}
+
+
 def is_backchannel(heard: str) -> bool:
     """Is it an acknowledgement ("yeah", "mm-hmm", "okay, right", "I see", "네"), not a
-    request? A few words, all from the backchannel vocabulary."""
+    request? A few words, all from the backchannel vocabulary or hums."""
     heard_words = words(heard)
     return 0 < len(heard_words) <= MAX_BACKCHANNEL_WORDS and all(
-        word in BACKCHANNEL_WORDS for word in heard_words
+        word in BACKCHANNEL_WORDS or is_hum(word) for word in heard_words
     )
 
 
