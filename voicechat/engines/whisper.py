@@ -105,9 +105,8 @@ class WhisperEngine:
         language = language or self.language
         audio_s = len(audio) / SAMPLE_RATE
         if language is not None and math.ceil(audio_s) + 1 < WINDOW_S:
-            first = encoder_window_s(audio_s)
-            if first < WINDOW_S and language in SHORT_WINDOW_LANGUAGES:  # kept when sure
-                heard = self._transcribe_window(audio, language, first)
+            if language in SHORT_WINDOW_LANGUAGES:  # the short window first: kept when sure
+                heard = self._transcribe_window(audio, language, encoder_window_s(audio_s))
                 if heard is not None and heard.log_prob >= SURE_LOG_PROB:
                     return heard.text, language
                 if cancelled():

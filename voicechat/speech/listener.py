@@ -82,9 +82,10 @@ VAD_NOTICE_INTERVAL_S = 60.0  # a VAD that keeps failing logs one line per this 
 ECHO_ONSET_S = 0.6
 PAUSE_SUSPEND_S = 10.0
 # Words that acknowledge without taking the floor: said over a playing answer, they neither
-# interrupt it nor become a turn. ("mm-hmm", "uh-huh" split into their parts.)
+# interrupt it nor become a turn. ("mm-hmm", "uh-huh" split into their parts; "mm", "hmm" and
+# every other hum: is_hum.)
 BACKCHANNEL_WORDS = frozenset(
-    "yeah yes yep yup ya okay ok kay right alright sure mm mmm mhm hmm hm uh huh um ah oh aha "
+    "yeah yes yep yup ya okay ok kay right alright sure uh huh um ah oh aha "
     "i see got it gotcha cool nice wow true exactly indeed totally sounds good great fine "
     "네 응 아 예 음 어 그래 그렇구나 맞아".split()
 )
