@@ -326,6 +326,21 @@ async def test_a_server_that_is_down_leaves_a_usable_text_box() -> None:
         assert not app.query(UserLine)
 
 
+async def test_events_that_land_while_the_app_shuts_down_are_dropped_quietly() -> None:
+    """Textual removes the screen before it stops the app's timers and workers: a playback tick
+    or a server event in between must not look for widgets that are gone (a CI failure once)."""
+    app = VoiceChatApp("ws://127.0.0.1:9/v1/chat/stream", device="null")
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: "offline" in status(app), "the offline status")
+    assert not app.query("#status")  # the screen is gone, as in the shutdown window
+    app.connection_state = "offline, retrying in 0.5 s"  # a changed status to redraw
+    app._follow_playback()  # the 20-a-second timer's tick
+    app._on_transcript({"type": "transcript", "item_id": "i1", "text": "late words"})
+    app.apply_event({"type": "response.created", "response_id": "r1", "in_reply_to": "i1"})
+    app._notice("Disconnected")
+    assert not app.answers["r1"].is_mounted  # kept in the model, just not drawn
+
+
 @pytest.mark.parametrize("device", ["no-such-device-xyz"])
 async def test_no_audio_device_means_a_text_chat(device: str) -> None:
     async with running_server(scripted_backend(SENTENCES), ToneTTS()) as server:

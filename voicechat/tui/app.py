@@ -387,7 +387,8 @@ class VoiceChatApp(App[None]):
         text = event.get("text", "").strip()
         if not text:
             return  # no words: `error` no_speech follows, and no answer
-        self.query_one("#transcript", VerticalScroll).mount(UserLine(text, spoken=True))
+        if self._showing():
+            self.query_one("#transcript", VerticalScroll).mount(UserLine(text, spoken=True))
         self.voice_pending[event.get("item_id", "")] = self._add_answer()
         self.voice_phase = "thinking"
 
@@ -495,7 +496,8 @@ class VoiceChatApp(App[None]):
 
     def _add_answer(self) -> AnswerView:
         view = AnswerView()
-        self.query_one("#transcript", VerticalScroll).mount(view)
+        if self._showing():
+            self.query_one("#transcript", VerticalScroll).mount(view)
         self._scroll_to_end()
         return view
 
@@ -613,13 +615,19 @@ class VoiceChatApp(App[None]):
                 view.refresh_text()
         self._refresh_status()
 
+    def _showing(self) -> bool:
+        """Whether the layout is there to draw on. While the app shuts down, its screen goes
+        first; the playback timer and the connection worker stop only after it."""
+        return self.is_mounted and self.is_running
+
     def _notice(self, text: str, *, quiet: bool = False) -> None:
-        if self.is_mounted:
+        if self._showing():
             self.query_one("#transcript", VerticalScroll).mount(NoticeLine(text, quiet=quiet))
             self._scroll_to_end()
 
     def _scroll_to_end(self) -> None:
-        self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
+        if self._showing():
+            self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
 
     def playback_state(self) -> str:
         player = self.player
@@ -664,7 +672,7 @@ class VoiceChatApp(App[None]):
 
     def _refresh_status(self) -> None:
         text = self.status_text()
-        if self.is_mounted and text != self._shown_status:  # redraw only on change
+        if self._showing() and text != self._shown_status:  # redraw only on change
             self._shown_status = text
             self.query_one("#status", Static).update(text)
 
