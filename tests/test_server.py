@@ -252,6 +252,54 @@ async def test_shutdown_ends_answers_in_flight_with_their_done_and_closes_1001()
         assert "1001" in str(closed.value)
 
 
+class SlowToStopTTS(BlockingTTS):
+    """Test double: blocks like BlockingTTS, and once cancelled takes until `release` to stop
+    (a worker process finishing its sentence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopping = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def synthesize(self, text: str):
+        try:
+            async for piece in super().synthesize(text):
+                yield piece
+        except asyncio.CancelledError:
+            self.stopping.set()
+            await self.release.wait()
+            raise
+
+
+async def test_a_client_leaving_as_the_server_shuts_down_does_not_hold_the_shutdown() -> None:
+    """The session ends on its own (the client left) while the shutdown flushes it: the flush
+    ends with the session's writer instead of waiting out the grace time (`talk` took 5 s to
+    quit while an answer played)."""
+    tts = SlowToStopTTS()
+    backend = gated_backend(["Talking now.", " And", " never done"], asyncio.Event())
+    async with running_server(backend, tts, shutdown_grace_s=3600) as server:
+        conn = ChatConnection(server.url)
+        await conn.__aenter__()
+        await conn.send_user_message("go")
+        async with asyncio.timeout(WAIT_S):
+            await read_until(conn, "audio.chunk")
+            (session,) = server.sessions
+            stop_answer, shutdown_stops_it = session._stop_answer, asyncio.Event()
+
+            async def noted_stop_answer(**kwargs: Any) -> None:
+                shutdown_stops_it.set()
+                await stop_answer(**kwargs)
+
+            session._stop_answer = noted_stop_answer  # type: ignore[method-assign]
+            await conn.ws.close()  # the client leaves; its answer is slow to stop
+            await tts.stopping.wait()
+            stopping = asyncio.create_task(server.shutdown())
+            await shutdown_stops_it.wait()  # the shutdown waits for that answer too
+            tts.release.set()
+            await stopping  # before the fix: waited the grace time (here an hour)
+        assert not server.sessions
+
+
 async def test_healthz_reports_sessions_and_other_paths_are_404() -> None:
     async with running_server(scripted_backend(["Hi."])) as server:
         base = f"http://127.0.0.1:{server.port}"

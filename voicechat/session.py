@@ -212,10 +212,20 @@ class Session:
                 if self._listener is not None:  # no spoken turn may start an answer now
                     await self._listener.aclose()
                 await self._stop_answer()
-                await self._outbound.join()
+                await self._flushed()
         except (TimeoutError, ClientGone):
             log.warning("session %s…: client too slow to flush on shutdown", self.log_id)
         await self._close(1001, "server shutting down")
+
+    async def _flushed(self) -> None:
+        """Until the writer has sent all that is queued, or has ended: the client may have
+        left at the same moment, and a writer cancelled by `run` leaves its queue behind."""
+        assert self._writer is not None
+        flushed = asyncio.create_task(self._outbound.join())
+        try:
+            await asyncio.wait({flushed, self._writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            flushed.cancel()
 
     # --- commands from the protocol adapters ---------------------------------------------------
 
