@@ -954,7 +954,10 @@ async def test_a_spoken_question_is_transcribed_answered_and_played(
 
     user = s["turns"][0]
     assert user["role"] == "user" and user["voice"] and user["text"] == shown
-    assert {"capital", "france"} <= set(words(user["text"])), user["text"]
+    # A renderer starved for about a second drops that much of the capture before the page
+    # sees it (made by SIGSTOP: "What is the capital?"); CI once heard "What is it?".
+    heard = [(turn["role"], turn["text"]) for turn in s["turns"]]
+    assert {"capital", "france"} <= set(words(user["text"])), (heard, s["mic"]["samplesSent"])
     assert answer["status"] == "completed" and answer["text"] == ANSWER and answer["voice"]
     counts = s["player"]["answers"][answer["responseId"]]
     assert counts["played"] == counts["received"] == samples_of([ANSWER]) and not counts["dropped"]
