@@ -108,14 +108,16 @@ async def state(page: Any) -> dict[str, Any]:
     return await page.evaluate("() => window.voicechat.state()")
 
 
-async def until(page: Any, predicate: str, what: str, arg: Any = None) -> Any:
+async def until(
+    page: Any, predicate: str, what: str, arg: Any = None, *, timeout_ms: float = WAIT_MS
+) -> Any:
     """Wait until `predicate(state, arg)` (JavaScript function source) is truthy in the page;
     return its value. On timeout, fail with the page's state."""
     try:
         handle = await page.wait_for_function(
             f"(arg) => window.voicechat && ({predicate})(window.voicechat.state(), arg)",
             arg=arg,
-            timeout=WAIT_MS,
+            timeout=timeout_ms,
         )
     except Exception as exc:  # Playwright's TimeoutError, or the page went away
         try:
@@ -141,19 +143,31 @@ async def send(page: Any, text: str) -> None:
 
 
 async def answer_done(page: Any, index: int) -> dict[str, Any]:
-    """Wait until the answer at turn `index` has its response.done and all its audio played."""
-    return await until(
+    """Wait until the answer at turn `index` has its response.done and all its audio played.
+    Playing takes as long as the audio still queued: the bound is WAIT_MS beyond that."""
+    s = await until(
         page,
         """(s, i) => {
           const turn = s.turns[i];
           if (!turn || !turn.status) return false;
           const counts = s.player.answers[turn.responseId];
-          const played = turn.chunks === 0 || (counts && counts.received === counts.sent
-            && counts.played + counts.dropped === counts.received);
+          return (turn.chunks === 0 || (counts && counts.received === counts.sent)) && s;
+        }""",
+        f"answer {index} to arrive",
+        index,
+    )
+    playing_ms = 1000 * s["player"]["queued"] / (s["player"]["contextRate"] or 1)
+    return await until(
+        page,
+        """(s, i) => {
+          const turn = s.turns[i];
+          const counts = s.player.answers[turn.responseId];
+          const played = turn.chunks === 0 || counts.played + counts.dropped === counts.received;
           return played && s.player.queued === 0 && turn;
         }""",
         f"answer {index} to finish playing",
         index,
+        timeout_ms=WAIT_MS + playing_ms,
     )
 
 
